@@ -1,0 +1,331 @@
+"""The callback protocol: :class:`Callback`, :class:`CallbackList`, and the monitor base.
+
+Hooks and their arguments follow Keras 2.3 (see KERAS_SEMANTICS.md): every hook receives
+a ``dict`` of logs (never ``None``), and ``on_batch_begin``/``on_batch_end`` are the
+aliases of the train-batch hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+__all__ = ["Callback", "CallbackList", "MonitorCallback"]
+
+HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_predict_begin",
+    "on_predict_end",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+)
+# A callback that overrides the alias takes part in the train-batch hook it aliases.
+_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
+class Callback:
+    """Base class for callbacks; subclass it and override the hooks you need.
+
+    Attributes:
+        model: the Keras-shaped facade of the model being trained (see ``torchcb.facade``).
+        params: training parameters: ``epochs``, ``steps``, ``samples``, ``batch_size``,
+            ``verbose``, ``do_validation`` and ``metrics``.
+        validation_data: kept for Keras 2 compatibility; always ``None`` in torchcb.
+
+    Example:
+        >>> from torchcb.callbacks import Callback
+        >>> class LossHistory(Callback):
+        ...     def on_train_begin(self, logs=None):
+        ...         self.losses = []
+        ...     def on_batch_end(self, batch, logs=None):
+        ...         self.losses.append(logs.get("loss"))
+    """
+
+    def __init__(self) -> None:
+        self.validation_data = None
+        self.model: Any = None
+        self.params: dict[str, Any] = {}
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Alias of ``on_train_batch_begin``, as in Keras."""
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """Alias of ``on_train_batch_end``, as in Keras."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        pass
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_end(batch, logs=logs)
+
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        pass
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        pass
+
+    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        pass
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        pass
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        pass
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        pass
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        pass
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        pass
+
+    def on_predict_begin(self, logs: dict | None = None) -> None:
+        pass
+
+    def on_predict_end(self, logs: dict | None = None) -> None:
+        pass
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    if hook in getattr(callback, "__dict__", {}):
+        return True
+    method = getattr(type(callback), hook, None)
+    return method is not None and method is not getattr(Callback, hook)
+
+
+def check_callback(callback: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``callback`` is a callback instance."""
+    if isinstance(callback, type):
+        raise ValueError(
+            f"{where} is the class {callback.__name__}, not a callback; "
+            f"pass an instance such as {callback.__name__}(...)."
+        )
+    if not (callable(getattr(callback, "set_model", None)) and callable(getattr(callback, "set_params", None))):
+        raise ValueError(f"{where} must be a Callback instance, got {type(callback).__name__}: {callback!r}.")
+
+
+class CallbackList:
+    """A list of callbacks called together, hook by hook.
+
+    Each hook reaches only the callbacks that override it, so a hook nobody uses costs
+    nothing per batch. ``logs=None`` becomes ``{}``.
+
+    Example:
+        >>> from torchcb.callbacks import CallbackList, History
+        >>> callbacks = CallbackList([History()])
+        >>> callbacks.on_train_begin()
+        >>> callbacks.on_epoch_end(0, {"loss": 0.5})
+        >>> callbacks.callbacks[0].history
+        {'loss': [0.5]}
+    """
+
+    def __init__(self, callbacks: Iterable[Any] | None = None, queue_length: int = 10) -> None:
+        self.callbacks: list[Any] = []
+        self.queue_length = queue_length
+        self.params: dict[str, Any] = {}
+        self.model: Any = None
+        for callback in callbacks or []:
+            self.append(callback)
+
+    def append(self, callback: Any) -> None:
+        check_callback(callback, f"callbacks[{len(self.callbacks)}]")
+        self.callbacks.append(callback)
+        self._dispatch: dict[str, list[Any]] = {}
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+        for callback in self.callbacks:
+            callback.set_model(model)
+        self._dispatch = {}
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def _methods(self, hook: str) -> list[Any]:
+        methods = self._dispatch.get(hook)
+        if methods is None:
+            alias = _ALIASES.get(hook)
+            methods = [
+                getattr(cb, hook)
+                for cb in self.callbacks
+                if hasattr(cb, hook) and (_overrides(cb, hook) or (alias is not None and _overrides(cb, alias)))
+            ]
+            self._dispatch[hook] = methods
+        return methods
+
+    def _call_batch(self, hook: str, batch: int, logs: dict | None) -> None:
+        if logs is None:
+            logs = {}
+        for method in self._methods(hook):
+            method(batch, logs)
+
+    def _call(self, hook: str, logs: dict | None) -> None:
+        if logs is None:
+            logs = {}
+        for method in self._methods(hook):
+            method(logs)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_epoch_end", epoch, logs)
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_begin", batch, logs)
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_end", batch, logs)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_end", batch, logs)
+
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_test_batch_begin", batch, logs)
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_test_batch_end", batch, logs)
+
+    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_predict_batch_begin", batch, logs)
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_predict_batch_end", batch, logs)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._call("on_train_end", logs)
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self._call("on_test_begin", logs)
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        self._call("on_test_end", logs)
+
+    def on_predict_begin(self, logs: dict | None = None) -> None:
+        self._call("on_predict_begin", logs)
+
+    def on_predict_end(self, logs: dict | None = None) -> None:
+        self._call("on_predict_end", logs)
+
+
+_HIGHER_IS_BETTER_SUFFIXES = ("acc", "accuracy", "auc")
+
+
+class MonitorCallback(Callback):
+    """The "monitor a quantity" logic shared by EarlyStopping, ModelCheckpoint and ReduceLROnPlateau.
+
+    Args:
+        monitor: the log key to watch, e.g. ``"val_loss"``.
+        mode: ``"min"``, ``"max"`` or ``"auto"``. ``"auto"`` maximises names (without a
+            ``val_`` prefix) ending in ``acc``, ``accuracy`` or ``auc``, and metrics whose
+            object says higher is better; it minimises everything else. An unknown mode
+            warns and falls back to ``"auto"``.
+        baseline: the value ``best`` starts from, if given.
+        min_delta: the smallest change that counts as an improvement; its absolute value
+            is used, in the direction the mode needs.
+
+    Example:
+        >>> from torchcb.callbacks.base import MonitorCallback
+        >>> watcher = MonitorCallback(monitor="val_accuracy", min_delta=0.01)
+        >>> watcher.reset_monitor()
+        >>> watcher.is_improvement(0.80, watcher.best), watcher.is_improvement(0.805, 0.80)
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        baseline: float | None = None,
+        min_delta: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor must be the name of a log key such as 'val_loss', got {monitor!r}.")
+        if mode not in ("auto", "min", "max"):
+            warnings.warn(
+                f"{type(self).__name__} mode {mode} is unknown, fallback to auto mode.", RuntimeWarning, stacklevel=3
+            )
+            mode = "auto"
+        self.monitor = monitor
+        self.mode = mode
+        self.baseline = baseline
+        self.min_delta = abs(float(min_delta))
+        self.maximize = self._maximize()
+        self.best: float = -math.inf if self.maximize else math.inf
+
+    def _maximize(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "max"
+        name = self.monitor[4:] if self.monitor.startswith("val_") else self.monitor
+        if name.endswith(_HIGHER_IS_BETTER_SUFFIXES):
+            return True
+        for metric in getattr(self.model, "metrics", None) or []:
+            if getattr(metric, "name", None) == name:
+                direction = getattr(metric, "_direction", None)
+                if direction is not None:
+                    return direction == "up"
+                return bool(getattr(metric, "higher_is_better", False))
+        return False
+
+    def reset_monitor(self, initial: float | None = None) -> None:
+        """Decide the direction and set ``best`` to ``initial``, the baseline, or the worst value."""
+        self.maximize = self._maximize()
+        if initial is None:
+            initial = self.baseline
+        self.best = float(initial) if initial is not None else (-math.inf if self.maximize else math.inf)
+
+    def is_improvement(self, current: float, reference: float) -> bool:
+        """Whether ``current`` beats ``reference`` by more than ``min_delta`` in the mode's direction."""
+        if self.maximize:
+            return current - self.min_delta > reference
+        return current + self.min_delta < reference
+
+    def get_monitor_value(self, logs: dict | None, warning: str) -> float | None:
+        """The monitored value from ``logs``, or ``None`` after a warning naming the available keys."""
+        logs = logs or {}
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(warning % (self.monitor, ",".join(logs)), RuntimeWarning, stacklevel=3)
+            return None
+        return float(current)

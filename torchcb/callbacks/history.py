@@ -1,0 +1,90 @@
+"""History and BaseLogger, the two callbacks every ``fit`` adds by itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchcb.callbacks.base import Callback
+from torchcb.logs import EpochTotals, Logs
+
+__all__ = ["BaseLogger", "History"]
+
+
+class BaseLogger(Callback):
+    """Averages the batch values of each epoch into the epoch logs.
+
+    ``fit`` puts it first in the callback list, so every other callback's ``on_epoch_end``
+    sees the training averages. Values are weighted by the batch's ``size``; the sums stay
+    on the device and are read back once per epoch.
+
+    Args:
+        stateful_metrics: names whose epoch value is their last batch value, not an average.
+
+    Example:
+        >>> from torchcb.callbacks import BaseLogger
+        >>> logger = BaseLogger()
+        >>> logger.set_params({"metrics": ["loss"]})
+        >>> logger.on_epoch_begin(0)
+        >>> logger.on_batch_end(0, {"batch": 0, "size": 2, "loss": 1.0})
+        >>> logger.on_batch_end(1, {"batch": 1, "size": 1, "loss": 4.0})
+        >>> logs = {}
+        >>> logger.on_epoch_end(0, logs)
+        >>> logs
+        {'loss': 2.0}
+    """
+
+    def __init__(self, stateful_metrics: Any = None) -> None:
+        super().__init__()
+        self.stateful_metrics = set(stateful_metrics or [])
+        self._totals = EpochTotals(self.stateful_metrics)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._totals = EpochTotals(self.stateful_metrics)
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if isinstance(logs, Logs):  # leave the values on the device
+            self._totals.add(logs.raw_items(), logs.raw("size", 0), skip=("batch", "size"))
+        else:
+            self._totals.add(logs.items(), logs.get("size", 0), skip=("batch", "size"))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None or self._totals.seen == 0:
+            return
+        for key, value in self._totals.result().items():
+            logs[key] = value
+
+
+class History(Callback):
+    """Records the epoch logs; ``fit`` returns it.
+
+    ``history.history`` maps each log key to its list of per-epoch values and
+    ``history.epoch`` lists the (0-based) epochs. ``fit`` adds a new History as the last
+    callback; a History you pass yourself is used instead and keeps accumulating across
+    ``fit`` calls.
+
+    Example:
+        >>> from torchcb.callbacks import History
+        >>> history = History()
+        >>> history.on_train_begin()
+        >>> history.on_epoch_end(0, {"loss": 0.9})
+        >>> history.on_epoch_end(1, {"loss": 0.7})
+        >>> history.epoch, history.history
+        ([0, 1], {'loss': [0.9, 0.7]})
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch: list[int] = []
+        self.history: dict[str, list[Any]] = {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.epoch = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+        if self.model is not None:
+            self.model.history = self

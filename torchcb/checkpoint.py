@@ -1,0 +1,140 @@
+"""Crash-safe checkpoint files: atomic, fsynced writes and loads that never run code.
+
+Every file torchcb writes goes to a temporary file in the target's own directory, is
+flushed and fsynced, then ``os.replace``d over the target, and the directory is fsynced.
+A crash at any moment leaves either the old file or the new one, never a torn one.
+Every load uses ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
+
+Checkpoint format (a dict of tensors, numbers, strings, lists and dicts):
+
+==================  =====================================================================
+key                 value
+==================  =====================================================================
+``format``          ``"torchcb.checkpoint"``
+``format_version``  ``1``
+``module``          the module's ``state_dict``
+``optimizer``       the optimizer's ``state_dict``
+``epoch``           the number of epochs completed (the ``initial_epoch`` to resume at)
+``step``            optimizer steps taken (``model.optimizer.iterations``)
+``rng``             ``python``, ``numpy``, ``torch`` and ``cuda`` random states
+==================  =====================================================================
+
+Example:
+    >>> import os, tempfile, torch
+    >>> from torchcb.checkpoint import atomic_save, safe_load
+    >>> path = os.path.join(tempfile.mkdtemp(), "weights.pt")
+    >>> atomic_save({"w": torch.ones(2)}, path)
+    >>> safe_load(path)["w"]
+    tensor([1., 1.])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "atomic_save", "safe_load", "rng_state", "set_rng_state", "check_writable"]
+
+FORMAT = "torchcb.checkpoint"
+FORMAT_VERSION = 1
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` so that a crash leaves the old file or the new one."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a file written by :func:`atomic_save`, refusing anything that would run code."""
+    try:
+        return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"Refusing to load {os.fspath(path)!r}: it is not a checkpoint of plain tensors and "
+            f"containers (torch.load with weights_only=True rejected it: {error})."
+        ) from error
+
+
+def check_writable(path: str | os.PathLike, argument: str) -> None:
+    """Raise a clear error if the directory that would hold ``path`` cannot be written."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    existing = directory
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{argument}: cannot write to {directory!r} (check that the directory is writable).")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state a training run draws from, as checkpoint-safe values."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the random states saved by :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

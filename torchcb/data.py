@@ -1,0 +1,428 @@
+"""Turn what a user passes to ``fit``/``evaluate``/``predict`` into batches on the device.
+
+``fit`` accepts:
+
+- numpy arrays and tensors, or lists/tuples/dicts of them for modules with several inputs
+  (a list or tuple is passed as ``module(*x)``, a dict as ``module(**x)``). They are moved
+  to the device once; each epoch indexes them there (a device permutation when shuffling).
+- a ``torch.utils.data.Dataset`` (wrapped in a ``DataLoader`` with ``batch_size`` and
+  ``shuffle``) or a ``DataLoader`` (used as it is).
+- any other iterable or generator yielding ``(x, y)`` or ``(x, y, sample_weight)``; one
+  without ``len()`` needs ``steps_per_epoch``.
+
+Example:
+    >>> import numpy as np
+    >>> from torchcb.data import array_source
+    >>> source = array_source(np.zeros((10, 3)), np.arange(10), batch_size=4, shuffle=False, device="cpu")
+    >>> [batch.size for batch in source.epoch()]
+    [4, 4, 2]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+__all__ = [
+    "Batch",
+    "Source",
+    "ArraySource",
+    "IterableSource",
+    "array_source",
+    "make_source",
+    "split_arrays",
+    "tree_map",
+    "is_array_input",
+]
+
+
+@dataclass
+class Batch:
+    """One batch on the device: inputs, targets, per-sample weights and the sample count."""
+
+    x: Any
+    y: Any
+    sample_weight: torch.Tensor | None
+    size: int
+
+
+def tree_map(fn: Callable[[Any], Any], struct: Any) -> Any:
+    """Apply ``fn`` to every array or tensor in a nest of lists, tuples and dicts."""
+    if isinstance(struct, dict):
+        return {k: tree_map(fn, v) for k, v in struct.items()}
+    if isinstance(struct, (list, tuple)):
+        return type(struct)(tree_map(fn, v) for v in struct)
+    if struct is None:
+        return None
+    return fn(struct)
+
+
+def _leaves(struct: Any) -> list[Any]:
+    if isinstance(struct, dict):
+        return [leaf for v in struct.values() for leaf in _leaves(v)]
+    if isinstance(struct, (list, tuple)):
+        return [leaf for v in struct for leaf in _leaves(v)]
+    return [] if struct is None else [struct]
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor))
+
+
+def is_array_input(x: Any) -> bool:
+    """Whether ``x`` is an in-memory array, tensor, or a list/tuple/dict of them."""
+    if _is_array(x):
+        return True
+    if isinstance(x, dict):
+        return bool(x) and all(_is_array(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        if x and all(_is_array(v) for v in x):
+            return True
+        # nested Python lists of numbers, as Keras accepts through np.asarray
+        return bool(x) and all(isinstance(v, (list, tuple, int, float)) for v in x)
+    return False
+
+
+def _to_tensor(value: Any, device: torch.device | str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    array = np.asarray(value)
+    if array.dtype.kind == "f":  # Keras casts float inputs to floatx
+        return torch.as_tensor(array, dtype=torch.get_default_dtype()).to(device)
+    if array.dtype.kind in "iu":
+        return torch.as_tensor(array.astype(np.int64)).to(device)
+    if array.dtype.kind == "b":
+        return torch.as_tensor(array).to(device)
+    raise ValueError(f"cannot turn an array of dtype {array.dtype} into a tensor.")
+
+
+def _to_arrays(x: Any, device: torch.device | str) -> Any:
+    if isinstance(x, (list, tuple)) and x and not all(_is_array(v) for v in x):
+        x = np.asarray(x)
+    return tree_map(lambda v: _to_tensor(v, device), x)
+
+
+def _length(struct: Any, argument: str) -> int:
+    lengths = []
+    for leaf in _leaves(struct):
+        if len(leaf.shape) == 0:
+            raise ValueError(f"{argument} must have a first (batch) dimension, got a 0-d value.")
+        lengths.append(int(leaf.shape[0]))
+    if len(set(lengths)) > 1:
+        raise ValueError(f"all arrays in {argument} must have the same number of samples, got lengths {lengths}.")
+    return lengths[0]
+
+
+class Source:
+    """Batches for one ``fit``/``evaluate``/``predict`` call.
+
+    Attributes:
+        steps: batches per epoch, or ``None`` when it cannot be known in advance.
+        samples: samples per epoch, or ``None``.
+        exhausted: set when a one-shot generator ran out of data.
+    """
+
+    steps: int | None = None
+    samples: int | None = None
+    exhausted = False
+
+    def epoch(self) -> Iterator[Batch]:
+        raise NotImplementedError
+
+
+class ArraySource(Source):
+    """In-memory tensors on the device, indexed there batch by batch."""
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any,
+        sample_weight: torch.Tensor | None,
+        batch_size: int,
+        shuffle: bool,
+        steps: int | None = None,
+    ) -> None:
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.num_samples = _length(x, "x")
+        self.samples = self.num_samples
+        self.device = _leaves(x)[0].device
+        batches_per_pass = math.ceil(self.num_samples / batch_size)
+        self.steps = steps if steps is not None else batches_per_pass
+        self._fixed_steps = steps is not None
+        self._stream: Iterator[Batch] | None = None
+
+    def _one_pass(self) -> Iterator[Batch]:
+        n, size = self.num_samples, self.batch_size
+        order = torch.randperm(n, device=self.device) if self.shuffle else None
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            if order is None:
+                index: Any = slice(start, stop)
+            else:
+                index = order[start:stop]
+
+            def take(t: torch.Tensor, index: Any = index) -> torch.Tensor:
+                return t[index]
+
+            yield Batch(
+                tree_map(take, self.x),
+                tree_map(take, self.y),
+                None if self.sample_weight is None else self.sample_weight[index],
+                stop - start,
+            )
+
+    def _forever(self) -> Iterator[Batch]:
+        while True:
+            yield from self._one_pass()
+
+    def epoch(self) -> Iterator[Batch]:
+        if not self._fixed_steps:
+            return self._one_pass()
+        # steps_per_epoch with arrays: a stream that continues (and reshuffles) across epochs
+        if self._stream is None:
+            self._stream = self._forever()
+        stream = self._stream
+        return (next(stream) for _ in range(self.steps))  # type: ignore[arg-type]
+
+
+def _unpack(element: Any, with_targets: bool) -> tuple[Any, Any, Any]:
+    """``(x, y, sample_weight)`` from one element of a loader or generator."""
+    if isinstance(element, (tuple, list)):
+        if with_targets and len(element) in (2, 3):
+            return element[0], element[1], element[2] if len(element) == 3 else None
+        if not with_targets and 1 <= len(element) <= 3:  # predict takes x and ignores targets
+            return element[0], None, None
+    elif not with_targets:
+        return element, None, None
+    what = f"a {type(element).__name__} of {len(element)} items" if isinstance(element, (tuple, list)) else type(element).__name__
+    raise ValueError(f"each batch must be (x, y) or (x, y, sample_weight), got {what}.")
+
+
+class IterableSource(Source):
+    """A DataLoader, Dataset, generator or other iterable of batches, moved to the device per batch."""
+
+    def __init__(
+        self,
+        data: Any,
+        device: torch.device | str,
+        steps: int | None,
+        with_targets: bool,
+        weights_fn: Callable[[Any, Any], torch.Tensor | None] | None = None,
+    ) -> None:
+        self.data = data
+        self.device = torch.device(device)
+        self.with_targets = with_targets
+        self.weights_fn = weights_fn
+        self._one_shot = iter(data) is data if not isinstance(data, DataLoader) else False
+        if steps is None:
+            length = None
+            try:
+                length = len(data)
+            except TypeError:
+                pass
+            if length is None:
+                raise ValueError(
+                    f"steps_per_epoch (or steps / validation_steps) is required when x is a "
+                    f"{type(data).__name__} without a length."
+                )
+            if length == 0:
+                raise ValueError("x: the data is empty (it yields no batches).")
+            self.steps = length
+            self._fixed_steps = False
+        else:
+            self.steps = steps
+            self._fixed_steps = True
+        dataset = getattr(data, "dataset", None)
+        if isinstance(data, DataLoader) and not isinstance(dataset, IterableDataset) and steps is None:
+            try:
+                self.samples = len(dataset)  # type: ignore[arg-type]
+            except TypeError:
+                self.samples = None
+        self._iterator: Iterator[Any] | None = None
+
+    def _move(self, element: Any) -> Batch:
+        x, y, sample_weight = _unpack(element, self.with_targets)
+        non_blocking = self.device.type == "cuda"
+        move = lambda t: _to_tensor(t, self.device) if not isinstance(t, torch.Tensor) else t.to(  # noqa: E731
+            self.device, non_blocking=non_blocking
+        )
+        x = tree_map(move, x)
+        y = tree_map(move, y)
+        sample_weight = None if sample_weight is None else move(sample_weight).to(torch.get_default_dtype())
+        if self.weights_fn is not None:
+            sample_weight = self.weights_fn(y, sample_weight)
+        leaves = _leaves(x)
+        size = int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else 1
+        return Batch(x, y, sample_weight, size)
+
+    def epoch(self) -> Iterator[Batch]:
+        if not self._fixed_steps:
+            for element in self.data:
+                yield self._move(element)
+            return
+        for _ in range(self.steps):  # type: ignore[arg-type]
+            if self._iterator is None:
+                self._iterator = iter(self.data)
+            try:
+                element = next(self._iterator)
+            except StopIteration:
+                self._iterator = None
+                if self._one_shot:
+                    self.exhausted = True
+                    warnings.warn(
+                        "Your input ran out of data; interrupting training. Make sure the generator yields at "
+                        "least steps_per_epoch * epochs batches.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return
+                self._iterator = iter(self.data)
+                element = next(self._iterator)
+            yield self._move(element)
+
+
+def _class_weight_fn(class_weight: dict[Any, float] | None, device: torch.device | str) -> Callable | None:
+    if not class_weight:
+        return None
+    if not isinstance(class_weight, dict):
+        raise ValueError(f"class_weight must be a dict mapping class index to weight, got {type(class_weight).__name__}.")
+    keys = [int(k) for k in class_weight]
+    if min(keys) < 0:
+        raise ValueError(f"class_weight keys must be non-negative class indices, got {sorted(keys)}.")
+    table = torch.ones(max(keys) + 1, dtype=torch.get_default_dtype())
+    for key, weight in class_weight.items():
+        table[int(key)] = float(weight)
+    table = table.to(device)
+
+    def weights(y: Any, sample_weight: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(y, torch.Tensor):
+            raise ValueError("class_weight needs a single target tensor y.")
+        labels = y.argmax(dim=-1) if (y.dim() > 1 and y.shape[-1] > 1) else y.reshape(y.shape[0], -1)[:, 0]
+        labels = labels.long()
+        # classes missing from class_weight weigh 1
+        in_table = labels < table.numel()
+        found = table[labels.clamp(max=table.numel() - 1)]
+        result = torch.where(in_table, found, torch.ones_like(found))
+        return result if sample_weight is None else result * sample_weight.reshape(-1)
+
+    return weights
+
+
+def array_source(
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    device: torch.device | str,
+    sample_weight: Any = None,
+    class_weight: dict | None = None,
+    steps: int | None = None,
+) -> ArraySource:
+    """Move in-memory arrays to the device once and batch them there."""
+    x_t = _to_arrays(x, device)
+    n = _length(x_t, "x")
+    if n == 0:
+        raise ValueError("x: the data is empty (0 samples).")
+    y_t = None if y is None else _to_arrays(y, device)
+    if y_t is not None:
+        n_y = _length(y_t, "y")
+        if n_y != n:
+            raise ValueError(f"x and y must have the same number of samples, got x with {n} and y with {n_y}.")
+    weights = None
+    if sample_weight is not None:
+        weights = _to_tensor(sample_weight, device).to(torch.get_default_dtype()).reshape(-1)
+        if weights.shape[0] != n:
+            raise ValueError(f"sample_weight must have one weight per sample ({n}), got {weights.shape[0]}.")
+    class_weights = _class_weight_fn(class_weight, device)
+    if class_weights is not None:
+        weights = class_weights(y_t, weights)  # computed once for the whole array
+    return ArraySource(x_t, y_t, weights, batch_size, shuffle, steps)
+
+
+def split_arrays(x: Any, y: Any, sample_weight: Any, validation_split: float) -> tuple[Any, Any]:
+    """Split off the last ``validation_split`` fraction, before any shuffling (as Keras does)."""
+    if isinstance(x, (list, tuple)) and not all(_is_array(v) for v in x):
+        x = np.asarray(x)
+    n = _length(x, "x")
+    split_at = int(n * (1.0 - validation_split))
+    if split_at == 0 or split_at == n:
+        raise ValueError(
+            f"validation_split={validation_split} leaves {split_at} training and {n - split_at} validation samples "
+            f"out of {n}; choose a fraction that leaves samples on both sides."
+        )
+
+    def head(t: Any) -> Any:
+        return t[:split_at]
+
+    def tail(t: Any) -> Any:
+        return t[split_at:]
+
+    train = (tree_map(head, x), tree_map(head, y), None if sample_weight is None else head(np.asarray(sample_weight)))
+    val = (tree_map(tail, x), tree_map(tail, y), None if sample_weight is None else tail(np.asarray(sample_weight)))
+    return train, val
+
+
+def make_source(
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int | None,
+    shuffle: bool,
+    device: torch.device | str,
+    steps: int | None,
+    sample_weight: Any = None,
+    class_weight: dict | None = None,
+    with_targets: bool = True,
+    steps_argument: str = "steps_per_epoch",
+) -> Source:
+    """Pick the source for ``x``: in-memory arrays, a Dataset/DataLoader, or an iterable."""
+    if x is None:
+        raise ValueError("x is required: pass arrays, tensors, a Dataset, a DataLoader or a generator.")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
+        raise ValueError(f"{steps_argument} must be a positive int or None, got {steps!r}.")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+    if is_array_input(x):
+        if with_targets and y is None:
+            raise ValueError("y is required when x is an array or tensor: pass the targets as y.")
+        return array_source(
+            x,
+            y,
+            batch_size=batch_size or 32,
+            shuffle=shuffle,
+            device=device,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
+            steps=steps,
+        )
+    if y is not None:
+        raise ValueError(f"y must not be given when x is a {type(x).__name__}: its batches hold the targets.")
+    if sample_weight is not None:
+        raise ValueError(
+            f"sample_weight must not be given when x is a {type(x).__name__}: yield (x, y, sample_weight) batches instead."
+        )
+    if isinstance(x, DataLoader):
+        if batch_size is not None:
+            raise ValueError("batch_size must not be given with a DataLoader: it batches the data itself.")
+        data: Any = x
+    elif isinstance(x, Dataset):
+        data = DataLoader(
+            x, batch_size=batch_size or 32, shuffle=shuffle and not isinstance(x, IterableDataset)
+        )
+    elif hasattr(x, "__iter__") or hasattr(x, "__next__"):
+        data = x
+    else:
+        raise ValueError(
+            f"x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got {type(x).__name__}."
+        )
+    return IterableSource(data, device, steps, with_targets, _class_weight_fn(class_weight, device))

@@ -1,0 +1,333 @@
+"""The Keras-shaped model and optimizer that every callback sees as ``self.model``.
+
+Callbacks reach training only through this facade, so callback code written for Keras
+runs unchanged: ``self.model.stop_training = True``, ``K.set_value(self.model.optimizer.lr,
+0.01)``, ``self.model.get_weights()``, ``self.model.save(path)``.
+
+Example:
+    >>> import torch
+    >>> from torchcb import Trainer
+    >>> from torchcb import backend as K
+    >>> net = torch.nn.Linear(2, 1)
+    >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+    >>> lr = trainer.model.optimizer.lr
+    >>> float(lr), lr * 2, lr > 0.05
+    (0.1, 0.2, True)
+    >>> K.set_value(lr, 0.05)
+    >>> trainer.optimizer.param_groups[0]["lr"]
+    0.05
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from torchcb.checkpoint import atomic_save
+
+if TYPE_CHECKING:
+    from torchcb.trainer import Trainer
+
+__all__ = ["KerasModel", "KerasOptimizer", "LearningRate", "Layer", "Weight", "set_learning_rate"]
+
+
+def _real_number(value: Any, argument: str) -> float:
+    if isinstance(value, LearningRate):
+        return value.get_value()
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        return float(value.item())
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        result = float(value)
+        if math.isfinite(result):
+            return result
+    raise ValueError(f"{argument} must be a finite real number, got {value!r}.")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, value: Any) -> None:
+    """Set the first param group's rate to ``value``, scaling every other group by the same ratio."""
+    new = _real_number(value, "learning rate")
+    groups = optimizer.param_groups
+    old = float(groups[0]["lr"])
+    ratio = new / old if old != 0 else None
+    for index, group in enumerate(groups):
+        target = new if (index == 0 or ratio is None) else float(group["lr"]) * ratio
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(target)
+        else:
+            group["lr"] = target
+
+
+def _binary(op: Any) -> Any:
+    def method(self: LearningRate, other: Any) -> Any:
+        return op(self.get_value(), float(other) if isinstance(other, LearningRate) else other)
+
+    return method
+
+
+def _reflected(op: Any) -> Any:
+    def method(self: LearningRate, other: Any) -> Any:
+        return op(other, self.get_value())
+
+    return method
+
+
+class LearningRate:
+    """A live handle on an optimizer's learning rate that behaves as the float it holds.
+
+    ``float()``, arithmetic, comparisons, formatting and ``numpy`` conversion all use the
+    current rate of the first param group. ``K.set_value(handle, v)``, ``handle.assign(v)``
+    or ``model.optimizer.lr = v`` set it; with several param groups every group is scaled
+    by the same ratio, so their proportions are kept.
+    """
+
+    __slots__ = ("_optimizer",)
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
+
+    def get_value(self) -> float:
+        return float(self._optimizer.param_groups[0]["lr"])
+
+    def set_value(self, value: Any) -> None:
+        set_learning_rate(self._optimizer, value)
+
+    assign = set_value
+
+    def numpy(self) -> np.float32:
+        return np.float32(self.get_value())
+
+    item = get_value
+
+    def __float__(self) -> float:
+        return self.get_value()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.get_value(), dtype=dtype)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.get_value(), spec)
+
+    def __repr__(self) -> str:
+        return repr(self.get_value())
+
+    def __str__(self) -> str:
+        return str(self.get_value())
+
+    def __round__(self, ndigits: int | None = None) -> Any:
+        return round(self.get_value(), ndigits)
+
+    def __bool__(self) -> bool:
+        return self.get_value() != 0.0
+
+    def __neg__(self) -> float:
+        return -self.get_value()
+
+    def __abs__(self) -> float:
+        return abs(self.get_value())
+
+    __hash__ = None  # type: ignore[assignment]  # its value changes
+    __add__ = _binary(operator.add)
+    __sub__ = _binary(operator.sub)
+    __mul__ = _binary(operator.mul)
+    __truediv__ = _binary(operator.truediv)
+    __floordiv__ = _binary(operator.floordiv)
+    __pow__ = _binary(operator.pow)
+    __radd__ = _reflected(operator.add)
+    __rsub__ = _reflected(operator.sub)
+    __rmul__ = _reflected(operator.mul)
+    __rtruediv__ = _reflected(operator.truediv)
+    __rfloordiv__ = _reflected(operator.floordiv)
+    __rpow__ = _reflected(operator.pow)
+    __eq__ = _binary(operator.eq)  # type: ignore[assignment]
+    __ne__ = _binary(operator.ne)  # type: ignore[assignment]
+    __lt__ = _binary(operator.lt)
+    __le__ = _binary(operator.le)
+    __gt__ = _binary(operator.gt)
+    __ge__ = _binary(operator.ge)
+
+
+class KerasOptimizer:
+    """The optimizer as Keras callbacks see it: ``lr``/``learning_rate`` handles and ``iterations``.
+
+    Any other attribute (``param_groups``, ``state_dict``, ``zero_grad`` ...) is the torch
+    optimizer's own.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
+        object.__setattr__(self, "_optimizer", optimizer)
+        object.__setattr__(self, "_trainer", trainer)
+
+    @property
+    def lr(self) -> LearningRate:
+        return LearningRate(self._optimizer)
+
+    @lr.setter
+    def lr(self, value: Any) -> None:
+        set_learning_rate(self._optimizer, value)
+
+    learning_rate = lr
+
+    @property
+    def iterations(self) -> int:
+        """How many optimizer steps have been taken."""
+        return self._trainer.optimizer_steps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("lr", "learning_rate"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._optimizer, name, value)
+
+    def __repr__(self) -> str:
+        return f"KerasOptimizer({self._optimizer!r})"
+
+
+class Weight:
+    """One parameter of a layer, with the Keras ``name`` and ``numpy()``."""
+
+    def __init__(self, name: str, value: torch.Tensor) -> None:
+        self.name = name
+        self.value = value
+        self.shape = tuple(value.shape)
+
+    def numpy(self) -> np.ndarray:
+        return _to_numpy(self.value)
+
+    def __repr__(self) -> str:
+        return f"Weight({self.name!r}, shape={self.shape})"
+
+
+class Layer:
+    """A named leaf module, as ``model.layers`` lists it."""
+
+    def __init__(self, name: str, module: torch.nn.Module) -> None:
+        self.name = name
+        self.module = module
+
+    @property
+    def weights(self) -> list[Weight]:
+        prefix = f"{self.name}." if self.name else ""
+        return [Weight(prefix + n, p) for n, p in self.module.named_parameters(recurse=False)]
+
+    trainable_weights = weights
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.numpy() for w in self.weights]
+
+    def __repr__(self) -> str:
+        return f"Layer({self.name!r}, {type(self.module).__name__})"
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.cpu().numpy().copy()
+
+
+class KerasModel:
+    """The model facade: what ``self.model`` is inside every callback.
+
+    Attributes:
+        stop_training: set it to ``True`` to stop ``fit`` after the current batch.
+        optimizer: a :class:`KerasOptimizer` over the torch optimizer.
+        history: the :class:`~torchcb.callbacks.History` of the current or last ``fit``.
+        module: the wrapped ``torch.nn.Module``.
+        trainer: the :class:`~torchcb.Trainer`.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.stop_training = False
+        self.history: Any = None
+        self.optimizer = KerasOptimizer(trainer.optimizer, trainer)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.trainer.module
+
+    @property
+    def name(self) -> str:
+        return type(self.trainer.module).__name__.lower()
+
+    @property
+    def metrics_names(self) -> list[str]:
+        return self.trainer.metrics_names
+
+    @property
+    def metrics(self) -> list[Any]:
+        """The compiled metrics, each with a ``name`` (and ``higher_is_better`` where known)."""
+        return list(self.trainer.metric_objects)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [Layer(name, m) for name, m in self.trainer.module.named_modules() if not list(m.children())]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """The module's ``state_dict`` tensors as numpy arrays, in order."""
+        return [_to_numpy(t) for t in self.trainer.module.state_dict().values()]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Copy ``weights`` (as returned by :meth:`get_weights`) into the module."""
+        state = self.trainer.module.state_dict()
+        if weights is None or len(weights) != len(state):
+            count = "None" if weights is None else len(weights)
+            raise ValueError(f"set_weights expects a list of {len(state)} arrays (one per state_dict entry), got {count}.")
+        with torch.no_grad():
+            for (key, tensor), value in zip(state.items(), weights):
+                source = torch.as_tensor(np.asarray(value))
+                if tuple(source.shape) != tuple(tensor.shape):
+                    raise ValueError(
+                        f"set_weights: {key} has shape {tuple(tensor.shape)}, got an array of shape {tuple(source.shape)}."
+                    )
+                tensor.copy_(source.to(dtype=tensor.dtype))
+
+    def weights_snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the ``state_dict`` that stays on the module's device (no host copy)."""
+        return {k: v.detach().clone() for k, v in self.trainer.module.state_dict().items()}
+
+    def restore_weights_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Load a copy made by :meth:`weights_snapshot` back into the module."""
+        self.trainer.module.load_state_dict(snapshot)
+
+    def save(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
+        """Write the full training checkpoint (module, optimizer, epoch, step, RNG) to ``filepath``."""
+        _check_overwrite(filepath, overwrite)
+        self.trainer.save_checkpoint(filepath)
+
+    def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
+        """Write the module's ``state_dict`` to ``filepath`` with an atomic ``torch.save``."""
+        _check_overwrite(filepath, overwrite)
+        atomic_save(self.trainer.module.state_dict(), filepath)
+
+    def load_weights(self, filepath: str | os.PathLike, **kwargs: Any) -> None:
+        """Load module weights from a weights file or a full checkpoint (safely: no code runs)."""
+        self.trainer.load_weights(filepath)
+
+    def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.trainer.predict(x, *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.trainer.evaluate(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.trainer.module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"KerasModel({type(self.trainer.module).__name__})"
+
+
+def _check_overwrite(filepath: str | os.PathLike, overwrite: bool) -> None:
+    if not overwrite and os.path.exists(filepath):
+        raise FileExistsError(f"{os.fspath(filepath)!r} exists and overwrite=False.")

@@ -1,0 +1,222 @@
+"""Logs whose device values are read back to the host only when someone reads them.
+
+A training step returns device tensors. Reading one of them with ``float()`` blocks until
+the device has caught up, which on a GPU costs more than a small step itself. torchcb
+therefore keeps tensors in the logs and reads them lazily:
+
+- :class:`Logs` is the ``dict`` every batch hook receives. Its tensor values turn into
+  Python floats the first time any value is read, all of them in one transfer.
+- :class:`EpochTotals` sums per-batch values, weighted by the batch size, on the device and
+  reads the averages back once.
+- :func:`device_reads` counts the transfers, so tests can hold the trainer to a budget.
+
+Example:
+    >>> import torch
+    >>> from torchcb.logs import Logs, device_reads
+    >>> logs = Logs(batch=0, size=32)
+    >>> logs.update_raw({"loss": torch.tensor(0.25), "accuracy": torch.tensor(0.5)})
+    >>> with device_reads() as reads:
+    ...     logs["loss"], logs["accuracy"]
+    (0.25, 0.5)
+    >>> reads.count
+    1
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["Logs", "EpochTotals", "ReadCounter", "device_reads", "read_floats"]
+
+
+class ReadCounter:
+    """How many times torchcb has read device values back to the host."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+_counters: list[ReadCounter] = []
+
+
+@contextlib.contextmanager
+def device_reads() -> Iterator[ReadCounter]:
+    """Count the device-to-host reads torchcb makes inside the ``with`` block."""
+    counter = ReadCounter()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
+
+
+def read_floats(tensors: list[torch.Tensor]) -> list[float]:
+    """Read scalar tensors back as Python floats in a single transfer."""
+    if not tensors:
+        return []
+    for counter in _counters:
+        counter.count += 1
+    if len(tensors) == 1:
+        return [float(tensors[0].item())]
+    # One stack on the device, one copy to the host, whatever the number of values.
+    return torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist()
+
+
+def _is_scalar_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 1
+
+
+class Logs(dict):
+    """A ``dict`` of log values whose scalar tensors become floats when first read.
+
+    Keys, ``len`` and ``in`` never touch the device. Any read of a value (indexing, ``get``,
+    ``items``, ``values``, ``dict(logs)``, ``json.dumps(logs)``) reads every pending tensor
+    back in one transfer and stores the floats, so later reads are plain dict reads.
+    :meth:`raw` gives the stored value without reading it back.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = any(_is_scalar_tensor(v) for v in dict.values(self))
+
+    def update_raw(self, values: Mapping[str, Any]) -> None:
+        """Store values, tensors included, without reading anything back."""
+        dict.update(self, values)
+        self._pending = True
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        """The stored value for ``key``: a device tensor if it has not been read yet."""
+        return dict.get(self, key, default)
+
+    def raw_items(self) -> Any:
+        """The stored items, device tensors left on the device."""
+        return dict.items(self)
+
+    def _materialize(self) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        keys = [k for k, v in dict.items(self) if _is_scalar_tensor(v)]
+        if keys:
+            values = read_floats([dict.__getitem__(self, k) for k in keys])
+            dict.update(self, zip(keys, values))
+
+    # Every way of reading a value goes through _materialize.
+    def __getitem__(self, key: str) -> Any:
+        self._materialize()
+        return dict.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._materialize()
+        return dict.get(self, key, default)
+
+    def items(self) -> Any:
+        self._materialize()
+        return dict.items(self)
+
+    def values(self) -> Any:
+        self._materialize()
+        return dict.values(self)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._materialize()
+        return dict.pop(self, key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._materialize()
+        return dict.setdefault(self, key, default)
+
+    def copy(self) -> dict:
+        self._materialize()
+        return dict(dict.items(self))
+
+    def __iter__(self) -> Iterator[str]:
+        # Defining __iter__ makes dict(logs) and {**logs} go through __getitem__.
+        return dict.__iter__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._materialize()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._materialize()
+        return dict.__repr__(self)
+
+    def __reduce__(self) -> Any:
+        self._materialize()
+        return (dict, (dict(dict.items(self)),))
+
+
+class EpochTotals:
+    """Size-weighted sums of per-batch values, kept on the device and read back once.
+
+    ``add(values, size)`` costs a few list appends; every ``fold_every`` batches the pending
+    tensors are folded into one running sum, so memory stays bounded on long epochs.
+    Keys in ``last_value`` keep their latest value instead of an average (stateful metrics).
+    """
+
+    fold_every = 256
+
+    def __init__(self, last_value: frozenset[str] | set[str] = frozenset()) -> None:
+        self.last_value = frozenset(last_value)
+        self.seen = 0
+        self._pending: dict[str, list[Any]] = {}
+        self._sizes: dict[str, list[int]] = {}
+        self._sums: dict[str, Any] = {}
+        self._weights: dict[str, int] = {}
+        self._last: dict[str, Any] = {}
+        self._count = 0
+
+    def add(self, items: Iterable[tuple[str, Any]], size: int, skip: tuple[str, ...] = ()) -> None:
+        """Add one batch's ``(key, value)`` items, each weighted by ``size`` samples."""
+        self.seen += size
+        for key, value in items:
+            if key in skip:
+                continue
+            if key in self.last_value:
+                self._last[key] = value
+                continue
+            self._pending.setdefault(key, []).append(value)
+            self._sizes.setdefault(key, []).append(size)
+        self._count += 1
+        if self._count % self.fold_every == 0:
+            self._fold()
+
+    def _fold(self) -> None:
+        for key, values in self._pending.items():
+            if not values:
+                continue
+            sizes = self._sizes[key]
+            if all(isinstance(v, torch.Tensor) for v in values):
+                stacked = torch.stack([v.detach().reshape(()) for v in values]).to(torch.float64)
+                weights = torch.tensor(sizes, dtype=torch.float64, device=stacked.device)
+                partial: Any = (stacked * weights).sum()
+            else:
+                partial = sum(float(v) * s for v, s in zip(values, sizes))
+            previous = self._sums.get(key)
+            self._sums[key] = partial if previous is None else previous + partial
+            self._weights[key] = self._weights.get(key, 0) + sum(sizes)
+            values.clear()
+            sizes.clear()
+
+    def result(self) -> dict[str, float]:
+        """The averages (and last values), read back in one transfer."""
+        self._fold()
+        out: dict[str, Any] = {}
+        for key, total in self._sums.items():
+            weight = self._weights[key]
+            out[key] = total / weight if weight else float("nan")
+        for key, value in self._last.items():
+            out[key] = value
+        keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        for key, value in zip(keys, read_floats([out[k] for k in keys])):
+            out[key] = value
+        return {k: float(v) for k, v in out.items()}

@@ -1,0 +1,284 @@
+"""Loss and metric resolution: Keras names, torch callables and stateful metric objects.
+
+Keras loss names map to torch losses that take **logits** (the raw outputs of the last
+layer, no softmax or sigmoid), which is how torch models are usually written:
+
+=================================== =========================================================
+Keras name                          torch loss
+=================================== =========================================================
+``mse``, ``mean_squared_error``     ``F.mse_loss``
+``mae``, ``mean_absolute_error``    ``F.l1_loss``
+``binary_crossentropy``             ``F.binary_cross_entropy_with_logits`` (float targets)
+``categorical_crossentropy``        ``F.cross_entropy`` with one-hot / probability targets
+``sparse_categorical_crossentropy`` ``F.cross_entropy`` with integer class targets
+=================================== =========================================================
+
+Every loss and metric is called torch-style, ``fn(y_pred, y_true)``.
+
+Example:
+    >>> import torch
+    >>> from torchcb.metrics import resolve_loss, resolve_metrics
+    >>> loss = resolve_loss("sparse_categorical_crossentropy")
+    >>> accuracy, = resolve_metrics(["accuracy"], loss)
+    >>> logits, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0])
+    >>> accuracy.name, float(accuracy(logits, labels))
+    ('accuracy', 0.5)
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Loss", "Metric", "StatefulMetric", "resolve_loss", "resolve_metrics", "KNOWN_LOSSES", "KNOWN_METRICS"]
+
+
+def _reduce_per_sample(values: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the first: one value per sample."""
+    if values.dim() <= 1:
+        return values
+    return values.reshape(values.shape[0], -1).mean(dim=1)
+
+
+def _float_like(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    target = target.to(like.dtype)
+    if target.shape != like.shape and target.numel() == like.numel():
+        target = target.reshape(like.shape)
+    return target
+
+
+def _mse(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(y_pred, _float_like(y_true, y_pred), reduction="none")
+
+
+def _mae(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(y_pred, _float_like(y_true, y_pred), reduction="none")
+
+
+def _binary_crossentropy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(y_pred, _float_like(y_true, y_pred), reduction="none")
+
+
+def _categorical_crossentropy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(y_pred, y_true.to(y_pred.dtype), reduction="none")
+
+
+def _sparse_categorical_crossentropy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    if y_true.dim() == y_pred.dim():  # (N, 1) labels, as Keras accepts
+        y_true = y_true.squeeze(-1)
+    return F.cross_entropy(y_pred, y_true.long(), reduction="none")
+
+
+_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": _mse,
+    "mean_squared_error": _mse,
+    "mae": _mae,
+    "mean_absolute_error": _mae,
+    "binary_crossentropy": _binary_crossentropy,
+    "categorical_crossentropy": _categorical_crossentropy,
+    "sparse_categorical_crossentropy": _sparse_categorical_crossentropy,
+}
+KNOWN_LOSSES = tuple(_LOSSES)
+
+
+class Loss:
+    """A loss that gives the batch mean, and per-sample values when samples are weighted."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], name: str, per_sample: Callable[..., torch.Tensor] | None):
+        self.fn = fn
+        self.name = name
+        self._per_sample = per_sample
+        # Binary accuracy thresholds logits at 0 and probabilities at 0.5.
+        self.on_logits = name in ("binary_crossentropy", "BCEWithLogitsLoss")
+
+    @property
+    def supports_weights(self) -> bool:
+        return self._per_sample is not None
+
+    def __call__(self, y_pred: Any, y_true: Any) -> torch.Tensor:
+        return self.fn(y_pred, y_true)
+
+    def per_sample(self, y_pred: Any, y_true: Any) -> torch.Tensor:
+        """One loss value per sample, shape ``(batch,)``."""
+        if self._per_sample is None:
+            raise ValueError(
+                f"loss {self.name!r} gives one number per batch, so sample_weight and class_weight "
+                "cannot weight it; pass a torch loss module (such as torch.nn.MSELoss()) or a Keras loss name."
+            )
+        return _reduce_per_sample(self._per_sample(y_pred, y_true))
+
+
+def resolve_loss(loss: Any) -> Loss:
+    """Turn a Keras loss name, a torch loss module or a callable into a :class:`Loss`."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        fn = _LOSSES.get(loss)
+        if fn is None:
+            raise ValueError(f"loss: unknown loss name {loss!r}; known names are {', '.join(KNOWN_LOSSES)}.")
+        return Loss(lambda y_pred, y_true: fn(y_pred, y_true).mean(), loss, fn)
+    if not callable(loss):
+        raise ValueError(
+            f"loss must be a Keras loss name ({', '.join(KNOWN_LOSSES)}) or a callable loss(y_pred, y_true), "
+            f"got {type(loss).__name__}."
+        )
+    per_sample = None
+    if isinstance(loss, torch.nn.modules.loss._Loss) and getattr(loss, "reduction", None) in ("mean", "sum", "none"):
+        unreduced = copy.copy(loss)
+        unreduced.reduction = "none"
+        per_sample = unreduced
+    name = type(loss).__name__ if isinstance(loss, torch.nn.Module) else getattr(loss, "__name__", "loss")
+    return Loss(loss, name, per_sample)
+
+
+def _labels(y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+    """Class indices from integer labels or from one-hot / probability targets."""
+    if y_true.dim() == y_pred.dim() and y_true.shape[-1] == y_pred.shape[-1] and y_pred.shape[-1] > 1:
+        return y_true.argmax(dim=-1)
+    if y_true.dim() == y_pred.dim():
+        y_true = y_true.squeeze(-1)
+    return y_true.long()
+
+
+def binary_accuracy(y_pred: torch.Tensor, y_true: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Fraction of outputs on the right side of ``threshold`` (use 0 for logits)."""
+    return ((y_pred > threshold) == (_float_like(y_true, y_pred) > 0.5)).float().mean()
+
+
+def categorical_accuracy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples whose largest output is the one-hot target's class."""
+    return (y_pred.argmax(dim=-1) == y_true.argmax(dim=-1)).float().mean()
+
+
+def sparse_categorical_accuracy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples whose largest output is the integer target."""
+    return (y_pred.argmax(dim=-1) == _labels(y_true, y_pred)).float().mean()
+
+
+def top_k_categorical_accuracy(y_pred: torch.Tensor, y_true: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Fraction of samples whose target class is among the ``k`` largest outputs."""
+    k = min(k, y_pred.shape[-1])
+    top = y_pred.topk(k, dim=-1).indices
+    return (top == _labels(y_true, y_pred).unsqueeze(-1)).any(dim=-1).float().mean()
+
+
+def mean_squared_error(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    return _mse(y_pred, y_true).mean()
+
+
+def mean_absolute_error(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    return _mae(y_pred, y_true).mean()
+
+
+def _accuracy_for(loss: Loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Keras' choice of accuracy: binary, sparse or categorical, from the loss and the shapes."""
+    threshold = 0.0 if loss.on_logits else 0.5
+
+    def accuracy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        if y_pred.dim() == 1 or y_pred.shape[-1] == 1 or loss.name == "binary_crossentropy":
+            return binary_accuracy(y_pred, y_true, threshold)
+        if y_true.dim() < y_pred.dim() or y_true.shape[-1] == 1 or not y_true.is_floating_point():
+            return sparse_categorical_accuracy(y_pred, y_true)
+        return categorical_accuracy(y_pred, y_true)
+
+    return accuracy
+
+
+_METRICS: dict[str, Callable[..., torch.Tensor]] = {
+    "binary_accuracy": binary_accuracy,
+    "categorical_accuracy": categorical_accuracy,
+    "sparse_categorical_accuracy": sparse_categorical_accuracy,
+    "top_k_categorical_accuracy": top_k_categorical_accuracy,
+    "mse": mean_squared_error,
+    "mean_squared_error": mean_squared_error,
+    "mae": mean_absolute_error,
+    "mean_absolute_error": mean_absolute_error,
+}
+KNOWN_METRICS = ("accuracy", "acc", *_METRICS)
+_HIGHER_IS_BETTER = {"accuracy", "acc", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy"}
+
+
+class Metric:
+    """A metric computed per batch on the device; the epoch value is the size-weighted mean."""
+
+    stateful = False
+
+    def __init__(self, fn: Callable[..., torch.Tensor], name: str, higher_is_better: bool | None = None) -> None:
+        self.fn = fn
+        self.name = name
+        self.higher_is_better = higher_is_better
+
+    def __call__(self, y_pred: Any, y_true: Any) -> torch.Tensor:
+        return self.fn(y_pred, y_true)
+
+    def __repr__(self) -> str:
+        return f"Metric({self.name!r})"
+
+
+class StatefulMetric(Metric):
+    """A metric object with ``update``/``compute``/``reset`` (torchmetrics works).
+
+    Logged as its running value (``compute()`` after each update), not averaged.
+    """
+
+    stateful = True
+
+    def __init__(self, metric: Any, name: str) -> None:
+        super().__init__(metric, name, getattr(metric, "higher_is_better", None))
+        self.metric = metric
+
+    def __call__(self, y_pred: Any, y_true: Any) -> torch.Tensor:
+        self.metric.update(y_pred, y_true)
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def to(self, device: torch.device) -> StatefulMetric:
+        if callable(getattr(self.metric, "to", None)):
+            self.metric = self.metric.to(device)
+        return self
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def resolve_metrics(metrics: Any, loss: Loss) -> list[Metric]:
+    """Turn the ``metrics`` argument of ``Trainer`` into :class:`Metric` objects."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, dict)) or callable(metrics):
+        metrics = [metrics]
+    resolved: list[Metric] = []
+    for index, metric in enumerate(metrics):
+        if isinstance(metric, Metric):
+            resolved.append(metric)
+        elif isinstance(metric, str):
+            if metric in ("accuracy", "acc"):
+                resolved.append(Metric(_accuracy_for(loss), metric, True))
+            elif metric in _METRICS:
+                resolved.append(Metric(_METRICS[metric], metric, metric in _HIGHER_IS_BETTER))
+            else:
+                raise ValueError(f"metrics[{index}]: unknown metric name {metric!r}; known names are {', '.join(KNOWN_METRICS)}.")
+        elif all(callable(getattr(metric, m, None)) for m in ("update", "compute", "reset")):
+            name = getattr(metric, "name", None)
+            resolved.append(StatefulMetric(metric, name if isinstance(name, str) else _snake_case(type(metric).__name__)))
+        elif callable(metric):
+            name = getattr(metric, "__name__", None) or _snake_case(type(metric).__name__)
+            resolved.append(Metric(metric, name))
+        else:
+            raise ValueError(
+                f"metrics[{index}] must be a metric name ({', '.join(KNOWN_METRICS)}), a callable "
+                f"metric(y_pred, y_true) or an object with update/compute/reset, got {type(metric).__name__}."
+            )
+    names = [m.name for m in resolved]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"metrics: each metric needs a distinct name, {', '.join(duplicates)} appears twice.")
+    return resolved

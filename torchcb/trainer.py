@@ -1,0 +1,497 @@
+"""The Trainer: Keras ``fit``/``evaluate``/``predict`` over a user's own module and optimizer.
+
+The whole training loop is :meth:`Trainer.fit`, readable top to bottom. Per batch it runs
+the step and the batch hooks and nothing else: the step returns device tensors, the batch
+logs hold them unread (see ``torchcb.logs``), and BaseLogger sums them on the device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from torchcb.callbacks.base import CallbackList, check_callback
+from torchcb.callbacks.history import BaseLogger, History
+from torchcb.callbacks.progbar import ProgbarLogger
+from torchcb.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, rng_state, safe_load, set_rng_state
+from torchcb.data import Batch, Source, is_array_input, make_source, split_arrays
+from torchcb.facade import KerasModel
+from torchcb.logs import EpochTotals, Logs
+from torchcb.metrics import resolve_loss, resolve_metrics
+
+__all__ = ["Trainer"]
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def _validation_schedule(validation_freq: Any) -> Any:
+    """A predicate on the 0-based epoch: does validation run after it? (Keras counts from 1.)"""
+    if isinstance(validation_freq, int) and not isinstance(validation_freq, bool) and validation_freq >= 1:
+        return lambda epoch: (epoch + 1) % validation_freq == 0
+    if isinstance(validation_freq, (list, tuple, set, range)) and all(
+        isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in validation_freq
+    ):
+        epochs = set(validation_freq)
+        return lambda epoch: (epoch + 1) in epochs
+    raise ValueError(
+        f"validation_freq must be an int >= 1 or a list of 1-based epoch numbers, got {validation_freq!r}."
+    )
+
+
+def _concatenate(outputs: list[Any]) -> Any:
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs) if first.dim() > 0 else torch.stack(outputs)
+    if isinstance(first, dict):
+        return {k: _concatenate([o[k] for o in outputs]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_concatenate(list(parts)) for parts in zip(*outputs))
+    return outputs
+
+
+class Trainer:
+    """Train a ``torch.nn.Module`` with the Keras ``fit`` API and Keras callbacks.
+
+    Args:
+        module: the model, a ``torch.nn.Module``. It is moved to ``device``.
+        optimizer: a ``torch.optim.Optimizer`` over the module's parameters.
+        loss: a Keras loss name (``"mse"``, ``"mae"``, ``"binary_crossentropy"``,
+            ``"categorical_crossentropy"``, ``"sparse_categorical_crossentropy"``; all on
+            logits) or any callable ``loss(y_pred, y_true)`` such as ``torch.nn.CrossEntropyLoss()``.
+        metrics: a list of Keras metric names (``"accuracy"``, ``"acc"``, ``"mse"`` ...),
+            callables ``metric(y_pred, y_true)``, or stateful objects with
+            ``update``/``compute``/``reset`` (torchmetrics metrics work).
+        device: where to train; ``None`` picks CUDA when available, else the CPU.
+
+    Attributes:
+        model: the Keras-shaped facade every callback sees (``torchcb.facade.KerasModel``).
+        history: the History of the last ``fit``.
+
+    Example:
+        >>> import torch
+        >>> from torchcb import Trainer
+        >>> from torchcb.callbacks import EarlyStopping
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> trainer = Trainer(net, torch.optim.Adam(net.parameters()), loss="sparse_categorical_crossentropy",
+        ...                   metrics=["accuracy"], device="cpu")
+        >>> history = trainer.fit(x, y, batch_size=16, epochs=3, verbose=0, validation_split=0.25,
+        ...                       callbacks=[EarlyStopping(patience=2)])
+        >>> sorted(history.history)
+        ['accuracy', 'loss', 'val_accuracy', 'val_loss']
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss: Any,
+        metrics: Any = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.module = module.to(self.device)
+        self.optimizer = optimizer
+        self.loss = resolve_loss(loss)
+        if isinstance(loss, torch.nn.Module):
+            loss.to(self.device)
+        self.metric_objects = resolve_metrics(metrics, self.loss)
+        for metric in self.metric_objects:
+            if metric.stateful:
+                metric.to(self.device)  # type: ignore[attr-defined]
+        self.optimizer_steps = 0
+        self.epochs_completed = 0
+        self.history: History | None = None
+        self.model = KerasModel(self)
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """``["loss", *metric names]``, the keys of the logs."""
+        return ["loss"] + [m.name for m in self.metric_objects]
+
+    # ----------------------------------------------------------------- the steps
+
+    def forward(self, x: Any) -> Any:
+        """Call the module: a list/tuple of inputs is spread as arguments, a dict as keywords."""
+        if isinstance(x, dict):
+            return self.module(**x)
+        if isinstance(x, (list, tuple)):
+            return self.module(*x)
+        return self.module(x)
+
+    def compute_loss(self, y_pred: Any, y_true: Any, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch loss; with sample weights, the mean of the weighted per-sample losses."""
+        if sample_weight is None:
+            return self.loss(y_pred, y_true)
+        return (self.loss.per_sample(y_pred, y_true) * sample_weight).mean()
+
+    def compute_metrics(self, y_pred: Any, y_true: Any, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch logs: ``loss`` and each metric, as device tensors."""
+        logs = {"loss": loss.detach()}
+        with torch.no_grad():
+            for metric in self.metric_objects:
+                logs[metric.name] = metric(y_pred, y_true)
+        return logs
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch`` (``.x``, ``.y``, ``.sample_weight``, ``.size``).
+
+        Override it for models that are not one input and one target; return a dict of
+        scalar device tensors, which become the batch logs.
+        """
+        y_pred = self.forward(batch.x)
+        loss = self.compute_loss(y_pred, batch.y, batch.sample_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return self.compute_metrics(y_pred.detach(), batch.y, loss)
+
+    def test_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss and metrics on ``batch``, without gradients. Override like :meth:`train_step`."""
+        y_pred = self.forward(batch.x)
+        loss = self.compute_loss(y_pred, batch.y, batch.sample_weight)
+        return self.compute_metrics(y_pred, batch.y, loss)
+
+    def predict_step(self, batch: Batch) -> Any:
+        """The module's outputs for ``batch.x``."""
+        return self.forward(batch.x)
+
+    def _reset_stateful_metrics(self) -> None:
+        for metric in self.metric_objects:
+            if metric.stateful:
+                metric.reset()  # type: ignore[attr-defined]
+
+    # ----------------------------------------------------------------- fit
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: int | str = 1,
+        callbacks: Iterable[Any] | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        class_weight: dict[int, float] | None = None,
+        sample_weight: Any = None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_freq: int | list[int] = 1,
+    ) -> History:
+        """Train for ``epochs`` epochs, with the Keras 2 ``fit`` signature; returns the History.
+
+        Everything is checked before any hook runs: a bad argument raises ``ValueError``
+        naming it. ``validation_split`` takes the last fraction of in-memory arrays before
+        shuffling; ``validation_data`` is ``(x, y)``, ``(x, y, sample_weight)``, a Dataset,
+        a DataLoader or an iterable of batches.
+
+        Example:
+            >>> import numpy as np, torch
+            >>> from torchcb import Trainer
+            >>> net = torch.nn.Linear(3, 1)
+            >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+            >>> history = trainer.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, epochs=2, verbose=0)
+            >>> history.epoch
+            [0, 1]
+        """
+        # 1. Check the arguments and build the data, before any hook runs.
+        epochs = _check_int(epochs, "epochs", 0)
+        initial_epoch = _check_int(initial_epoch, "initial_epoch", 0)
+        verbose = self._check_verbose(verbose)
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle must be True or False, got {shuffle!r}.")
+        should_validate = _validation_schedule(validation_freq)
+        if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be a float in [0, 1), got {validation_split!r}.")
+        if validation_split and not is_array_input(x):
+            raise ValueError(
+                f"validation_split needs in-memory arrays or tensors; x is a {type(x).__name__}. "
+                "Pass validation_data instead."
+            )
+        if validation_split and validation_data is None:
+            (x, y, sample_weight), validation_data = split_arrays(x, y, sample_weight, validation_split)
+        train = make_source(
+            x,
+            y,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            device=self.device,
+            steps=steps_per_epoch,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
+        )
+        if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
+            self.loss.per_sample(None, None)  # raises the explanation
+        val = self._validation_source(validation_data, batch_size, validation_steps)
+        callback_list, history = self._fit_callbacks(callbacks, verbose, train, val is not None)
+        callback_list.set_params(
+            {
+                "batch_size": batch_size or (32 if is_array_input(x) else None),
+                "epochs": epochs,
+                "steps": train.steps,
+                "samples": train.samples,
+                "verbose": verbose,
+                "do_validation": val is not None,
+                "metrics": self.metrics_names + (["val_" + n for n in self.metrics_names] if val else []),
+            }
+        )
+
+        # 2. Train.
+        model = self.model
+        self.history = model.history = history
+        model.stop_training = False
+        callback_list.on_train_begin({})
+        epoch_logs: dict[str, Any] = {}
+        for epoch in range(initial_epoch, epochs):
+            self.module.train()
+            self._reset_stateful_metrics()
+            callback_list.on_epoch_begin(epoch, {})
+            epoch_logs = {}
+            for step, batch in enumerate(train.epoch()):
+                logs = Logs(batch=step, size=batch.size)
+                callback_list.on_train_batch_begin(step, logs)
+                logs.update_raw(self.train_step(batch))
+                self.optimizer_steps += 1
+                callback_list.on_train_batch_end(step, logs)
+                if model.stop_training:
+                    break
+            else:  # the epoch ran to its end: validate (Keras skips validation after a batch-level stop)
+                if val is not None and should_validate(epoch):
+                    val_logs = self._test_loop(val, callback_list)
+                    epoch_logs.update(("val_" + key, value) for key, value in val_logs.items())
+            self.epochs_completed = epoch + 1
+            callback_list.on_epoch_end(epoch, epoch_logs)  # BaseLogger, first, adds the training averages
+            if model.stop_training or train.exhausted:
+                break
+        callback_list.on_train_end(epoch_logs)
+        return history
+
+    def _check_verbose(self, verbose: Any) -> int:
+        if verbose == "auto":
+            return 1
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}.")
+        return int(verbose)
+
+    def _validation_source(self, validation_data: Any, batch_size: int | None, steps: int | None) -> Source | None:
+        if validation_data is None:
+            return None
+        if isinstance(validation_data, tuple) and len(validation_data) in (2, 3) and is_array_input(validation_data[0]):
+            x_val, y_val = validation_data[0], validation_data[1]
+            weights = validation_data[2] if len(validation_data) == 3 else None
+            return make_source(
+                x_val,
+                y_val,
+                batch_size=batch_size,
+                shuffle=False,
+                device=self.device,
+                steps=steps,
+                sample_weight=weights,
+                steps_argument="validation_steps",
+            )
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) not in (2, 3):
+            raise ValueError(
+                f"validation_data must be (x, y), (x, y, sample_weight), a Dataset, a DataLoader or an iterable "
+                f"of batches; got a {type(validation_data).__name__} of {len(validation_data)} items."
+            )
+        return make_source(
+            validation_data,
+            None,
+            batch_size=None if not isinstance(validation_data, torch.utils.data.Dataset) else batch_size,
+            shuffle=False,
+            device=self.device,
+            steps=steps,
+            steps_argument="validation_steps",
+        )
+
+    def _fit_callbacks(
+        self, callbacks: Iterable[Any] | None, verbose: int, train: Source, do_validation: bool
+    ) -> tuple[CallbackList, History]:
+        """``[BaseLogger, ProgbarLogger (if verbose), *user callbacks, History]``, as Keras 2 orders them."""
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise ValueError(f"callbacks must be a list of Callback instances, got {type(callbacks).__name__}.")
+        user = list(callbacks or [])
+        for index, callback in enumerate(user):
+            check_callback(callback, f"callbacks[{index}]")
+        history = next((c for c in user if isinstance(c, History)), None)
+        if history is None:
+            history = History()
+        else:
+            user.remove(history)  # a History passed in is used, last, and keeps accumulating
+        stateful = [m.name for m in self.metric_objects if m.stateful]
+        ordered: list[Any] = []
+        if not any(isinstance(c, BaseLogger) for c in user):
+            ordered.append(BaseLogger(stateful_metrics=stateful))
+        if verbose and not any(isinstance(c, ProgbarLogger) for c in user):
+            count_mode = "samples" if train.samples is not None and not getattr(train, "_fixed_steps", False) else "steps"
+            ordered.append(ProgbarLogger(count_mode=count_mode, stateful_metrics=stateful))
+        callback_list = CallbackList(ordered + user + [history])
+        callback_list.set_model(self.model)
+        return callback_list, history
+
+    def _test_loop(self, source: Source, callback_list: CallbackList) -> dict[str, float]:
+        """Run the test hooks over ``source``; returns the size-weighted averages of the step's logs."""
+        was_training = self.module.training
+        self.module.eval()
+        self._reset_stateful_metrics()
+        totals = EpochTotals({m.name for m in self.metric_objects if m.stateful})
+        callback_list.on_test_begin({})
+        with torch.no_grad():
+            for step, batch in enumerate(source.epoch()):
+                logs = Logs(batch=step, size=batch.size)
+                callback_list.on_test_batch_begin(step, logs)
+                outputs = self.test_step(batch)
+                logs.update_raw(outputs)
+                totals.add(outputs.items(), batch.size)
+                callback_list.on_test_batch_end(step, logs)
+        results = totals.result()
+        callback_list.on_test_end(dict(results))
+        self.module.train(was_training)
+        return results
+
+    # ----------------------------------------------------------------- evaluate / predict
+
+    def _inference_callbacks(self, callbacks: Any, verbose: int, source: Source, metrics: list[str]) -> CallbackList:
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise ValueError(f"callbacks must be a list of Callback instances, got {type(callbacks).__name__}.")
+        user = list(callbacks or [])
+        if verbose and not any(isinstance(c, ProgbarLogger) for c in user):
+            user.append(ProgbarLogger(count_mode="steps"))
+        callback_list = CallbackList(user)
+        callback_list.set_model(self.model)
+        callback_list.set_params(
+            {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples, "metrics": metrics}
+        )
+        return callback_list
+
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: int | str = 1,
+        sample_weight: Any = None,
+        steps: int | None = None,
+        callbacks: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """Loss and metrics on the given data: a float for the loss alone, else a list (or a dict).
+
+        Example:
+            >>> import torch
+            >>> from torchcb import Trainer
+            >>> net = torch.nn.Linear(2, 1)
+            >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", metrics=["mae"], device="cpu")
+            >>> sorted(trainer.evaluate(torch.ones(4, 2), torch.ones(4, 1), verbose=0, return_dict=True))
+            ['loss', 'mae']
+        """
+        verbose = self._check_verbose(verbose)
+        source = make_source(
+            x,
+            y,
+            batch_size=batch_size,
+            shuffle=False,
+            device=self.device,
+            steps=steps,
+            sample_weight=sample_weight,
+            steps_argument="steps",
+        )
+        callback_list = self._inference_callbacks(callbacks, verbose, source, self.metrics_names)
+        results = self._test_loop(source, callback_list)
+        if return_dict:
+            return results
+        values = list(results.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(
+        self, x: Any, batch_size: int | None = None, verbose: int | str = 0, steps: int | None = None, callbacks: Any = None
+    ) -> Any:
+        """The module's outputs for ``x``, concatenated over batches, as tensors on the trainer's device.
+
+        Example:
+            >>> import torch
+            >>> from torchcb import Trainer
+            >>> net = torch.nn.Linear(2, 3)
+            >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+            >>> trainer.predict(torch.ones(5, 2), batch_size=2).shape
+            torch.Size([5, 3])
+        """
+        verbose = self._check_verbose(verbose)
+        source = make_source(
+            x, None, batch_size=batch_size, shuffle=False, device=self.device, steps=steps, with_targets=False,
+            steps_argument="steps",
+        )
+        callback_list = self._inference_callbacks(callbacks, verbose, source, [])
+        was_training = self.module.training
+        self.module.eval()
+        outputs = []
+        callback_list.on_predict_begin({})
+        with torch.no_grad():
+            for step, batch in enumerate(source.epoch()):
+                callback_list.on_predict_batch_begin(step, {"batch": step, "size": batch.size})
+                output = self.predict_step(batch)
+                outputs.append(output)
+                callback_list.on_predict_batch_end(step, {"batch": step, "size": batch.size, "outputs": output})
+        callback_list.on_predict_end({})
+        self.module.train(was_training)
+        return _concatenate(outputs)
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write the full training state to ``path`` (see ``torchcb.checkpoint`` for the format)."""
+        atomic_save(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "module": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epochs_completed,
+                "step": self.optimizer_steps,
+                "rng": rng_state(),
+            },
+            path,
+        )
+
+    def load_checkpoint(self, path: str | os.PathLike) -> int:
+        """Restore a checkpoint written by ``model.save``; returns the epoch to pass as ``initial_epoch``.
+
+        Example:
+            >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
+            >>> # trainer.fit(x, y, epochs=10, initial_epoch=trainer.load_checkpoint("ckpt/last.pt"))
+        """
+        state = safe_load(path, map_location=self.device)
+        if not (isinstance(state, dict) and state.get("format") == FORMAT):
+            raise ValueError(f"{os.fspath(path)!r} is not a full torchcb checkpoint (written by model.save).")
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epochs_completed = int(state["epoch"])
+        self.optimizer_steps = int(state["step"])
+        set_rng_state(state["rng"])
+        return self.epochs_completed
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load module weights from ``save_weights`` output or from a full checkpoint."""
+        state = safe_load(path, map_location=self.device)
+        if isinstance(state, dict) and state.get("format") == FORMAT:
+            state = state["module"]
+        if not isinstance(state, dict):
+            raise ValueError(f"{os.fspath(path)!r} holds no state_dict.")
+        self.module.load_state_dict(state)
