@@ -86,8 +86,14 @@ def is_array_input(x: Any) -> bool:
         if x and all(_is_array(v) for v in x):
             return True
         # nested Python lists of numbers, as Keras accepts through np.asarray
-        return bool(x) and all(isinstance(v, (list, tuple, int, float)) for v in x)
+        return bool(x) and _is_number_nest(x)
     return False
+
+
+def _is_number_nest(x: Any) -> bool:
+    if isinstance(x, (list, tuple)):
+        return all(_is_number_nest(v) for v in x)
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _to_tensor(value: Any, device: torch.device | str) -> torch.Tensor:

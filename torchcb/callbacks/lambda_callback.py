@@ -71,8 +71,9 @@ class LambdaCallback(Callback):
 
 
 def _wrap(function: Callable) -> Callable:
-    # The hooks return None whatever the function returns (file.write returns a count).
-    def hook(*args: Any) -> None:
-        function(*args)
+    # Arguments go positionally, whatever the function names them; the hook returns None
+    # whatever the function returns (file.write returns a count).
+    def hook(*args: Any, **kwargs: Any) -> None:
+        function(*args, *kwargs.values())
 
     return hook

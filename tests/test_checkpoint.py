@@ -1,0 +1,49 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from torchcb.checkpoint import atomic_save, safe_load
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_atomic_save_replaces_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "a.pt"
+    atomic_save({"v": torch.tensor(1)}, path)
+    atomic_save({"v": torch.tensor(2)}, path)
+    assert safe_load(path)["v"].item() == 2
+    assert os.listdir(tmp_path) == ["a.pt"]
+
+
+def test_a_failing_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "a.pt"
+    atomic_save({"v": torch.tensor(1)}, path)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"v": Unsaveable()}, path)
+    assert safe_load(path)["v"].item() == 1
+    assert os.listdir(tmp_path) == ["a.pt"]
+
+
+def test_a_malicious_pickle_is_refused_and_nothing_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"module": Payload()}, f)
+    with pytest.raises(ValueError, match="Refusing to load"):
+        safe_load(path)
+    assert not (tmp_path / "pwned").exists()
+    from tests.conftest import make_trainer
+
+    with pytest.raises(ValueError, match="Refusing to load"):
+        make_trainer().model.load_weights(path)
+    assert not (tmp_path / "pwned").exists()

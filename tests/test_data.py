@@ -1,0 +1,177 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+from tests.conftest import Recorder, make_trainer
+
+
+def _xy(n=12):
+    x = torch.randn(n, 4)
+    return x, (x[:, 0] > 0).long()
+
+
+def _epoch_batches(trainer, data, **kwargs):
+    rec = Recorder()
+    history = trainer.fit(data, verbose=0, callbacks=[rec], **kwargs)
+    return rec, history
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_arrays_and_tensors(kind):
+    x, y = _xy()
+    if kind == "numpy":
+        x, y = x.numpy().astype(np.float64), y.numpy().astype(np.int32)  # cast to float32 / int64 as Keras does
+    trainer = make_trainer()
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=5, epochs=1, verbose=0, callbacks=[rec])
+    assert [logs["size"] for logs in rec.logs_of("on_train_batch_begin")] == [5, 5, 2]
+
+
+def test_python_lists_are_arrays():
+    trainer = make_trainer(inputs=2)
+    history = trainer.fit([[0.0, 1.0], [1.0, 0.0]], [0, 1], verbose=0)
+    assert len(history.history["loss"]) == 1
+
+
+def test_in_memory_arrays_are_moved_once_and_indexed_on_the_device():
+    from torchcb.data import ArraySource, make_source
+
+    x, y = _xy(10)
+    source = make_source(x.numpy(), y.numpy(), batch_size=4, shuffle=True, device="cpu", steps=None)
+    assert isinstance(source, ArraySource)
+    assert isinstance(source.x, torch.Tensor) and source.x.dtype == torch.float32
+    batches = list(source.epoch())
+    assert sorted(torch.cat([b.y for b in batches]).tolist()) == sorted(y.tolist())
+
+
+def test_dataset_is_batched_with_batch_size_and_shuffle():
+    x, y = _xy(10)
+    trainer = make_trainer()
+    rec, _ = _epoch_batches(trainer, TensorDataset(x, y), batch_size=4, epochs=1)
+    assert [logs["size"] for logs in rec.logs_of("on_train_batch_begin")] == [4, 4, 2]
+    assert rec.params["samples"] == 10 and rec.params["steps"] == 3
+
+
+def test_dataloader_is_used_as_is_and_batch_size_with_it_is_refused():
+    x, y = _xy(10)
+    trainer = make_trainer()
+    rec, _ = _epoch_batches(trainer, DataLoader(TensorDataset(x, y), batch_size=3), epochs=2)
+    assert rec.count("on_train_batch_end") == 8
+    with pytest.raises(ValueError, match="batch_size must not be given with a DataLoader"):
+        trainer.fit(DataLoader(TensorDataset(x, y)), batch_size=4, verbose=0)
+
+
+def test_dataloader_yielding_sample_weights():
+    x, y = _xy(8)
+    weights = torch.zeros(8)
+    trainer = make_trainer()
+    history = trainer.fit(DataLoader(TensorDataset(x, y, weights), batch_size=4), epochs=1, verbose=0)
+    assert history.history["loss"] == [0.0]  # every sample weighs 0
+
+
+def test_iterable_dataset_and_plain_dataset_subclass():
+    x, y = _xy(8)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    class Pairs(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return x[i], y[i]
+
+    trainer = make_trainer()
+    rec, _ = _epoch_batches(trainer, Stream(), batch_size=4, epochs=1, steps_per_epoch=2)
+    assert rec.count("on_train_batch_end") == 2
+    rec, _ = _epoch_batches(trainer, Pairs(), batch_size=4, epochs=1)
+    assert rec.count("on_train_batch_end") == 2
+
+
+def test_generator_with_steps_per_epoch_continues_across_epochs():
+    drawn = []
+
+    def batches():
+        i = 0
+        while True:
+            drawn.append(i)
+            x = torch.full((2, 4), float(i))
+            yield x, torch.zeros(2, dtype=torch.long)
+            i += 1
+
+    trainer = make_trainer()
+    rec, _ = _epoch_batches(trainer, batches(), steps_per_epoch=3, epochs=2)
+    assert rec.count("on_train_batch_end") == 6
+    assert drawn == [0, 1, 2, 3, 4, 5]
+    assert rec.params["steps"] == 3 and rec.params["samples"] is None
+
+
+def test_generator_with_sample_weights_and_one_that_runs_out():
+    def three():
+        for _ in range(3):
+            yield torch.randn(2, 4), torch.zeros(2, dtype=torch.long), torch.ones(2)
+
+    trainer = make_trainer()
+    with pytest.warns(RuntimeWarning, match="ran out of data"):
+        rec, history = _epoch_batches(trainer, three(), steps_per_epoch=2, epochs=5)
+    assert rec.count("on_train_batch_end") == 3
+    assert len(history.epoch) == 2  # training stops after the epoch in which the data ran out
+
+
+def test_list_of_batches_is_reiterated_each_epoch():
+    batches = [(torch.randn(2, 4), torch.zeros(2, dtype=torch.long)) for _ in range(3)]
+    trainer = make_trainer()
+    rec, _ = _epoch_batches(trainer, batches, epochs=2)
+    assert rec.count("on_train_batch_end") == 6
+
+
+def test_validation_data_as_loader_with_validation_steps():
+    x, y = _xy(12)
+    trainer = make_trainer()
+    rec = Recorder()
+    val = DataLoader(TensorDataset(x, y), batch_size=2)
+    trainer.fit(x, y, epochs=1, verbose=0, validation_data=val, validation_steps=2, callbacks=[rec])
+    assert rec.count("on_test_batch_end") == 2
+    with pytest.raises(ValueError, match="validation_data must be"):
+        trainer.fit(x, y, epochs=1, verbose=0, validation_data=(x,))
+
+
+def test_validation_data_with_sample_weights():
+    x, y = _xy(8)
+    trainer = make_trainer()
+    history = trainer.fit(x, y, epochs=1, verbose=0, validation_data=(x, y, np.zeros(8)))
+    assert history.history["val_loss"] == [0.0]
+
+
+def test_arrays_with_steps_per_epoch_stream_through_the_data():
+    x, y = _xy(10)
+    trainer = make_trainer()
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=4, steps_per_epoch=5, epochs=2, verbose=0, callbacks=[rec])
+    sizes = [logs["size"] for logs in rec.logs_of("on_train_batch_begin")]
+    assert len(sizes) == 10 and sizes[:4] == [4, 4, 2, 4]
+
+
+def test_inputs_of_different_lengths_in_a_multi_input_list():
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"all arrays in x must have the same number of samples, got lengths \[4, 3\]"):
+        trainer.predict([np.zeros((4, 2)), np.zeros((3, 2))])
+
+
+def test_y_with_a_loader_is_refused():
+    x, y = _xy(4)
+    with pytest.raises(ValueError, match="y must not be given when x is a TensorDataset"):
+        make_trainer().fit(TensorDataset(x, y), y, verbose=0)
+
+
+def test_bad_x_type():
+    with pytest.raises(ValueError, match="x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got int"):
+        make_trainer().fit(3, verbose=0)
+
+
+def test_malformed_batches_are_named():
+    with pytest.raises(ValueError, match=r"each batch must be \(x, y\) or \(x, y, sample_weight\), got Tensor"):
+        make_trainer().fit((t for t in [torch.zeros(2, 4)]), steps_per_epoch=1, verbose=0)

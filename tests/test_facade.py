@@ -1,0 +1,151 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_data, make_trainer
+from torchcb import Trainer
+from torchcb import backend as K
+
+
+def _two_group_trainer():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    optimizer = torch.optim.SGD(
+        [{"params": net[0].parameters(), "lr": 0.1}, {"params": net[1].parameters(), "lr": 0.01}], lr=0.1
+    )
+    return Trainer(net, optimizer, loss="mse", device="cpu")
+
+
+def test_lr_handle_behaves_as_the_float_it_holds():
+    trainer = make_trainer(lr=0.25)
+    lr = trainer.model.optimizer.lr
+    assert float(lr) == 0.25 and lr == 0.25 and lr != 0.5
+    assert lr * 2 == 0.5 and 2 * lr == 0.5 and lr + 1 == 1.25 and 1 - lr == 0.75 and lr / 5 == 0.05 and 1 / lr == 4.0
+    assert lr > 0.1 and lr < 1 and lr >= 0.25 and lr <= 0.25
+    assert f"{lr:.3f}" == "0.250" and str(lr) == "0.25" and repr(lr) == "0.25"
+    assert np.asarray(lr) == np.float64(0.25) and np.float32(lr) == np.float32(0.25) and lr.numpy() == np.float32(0.25)
+    assert math.exp(lr) == pytest.approx(math.exp(0.25))
+    assert K.get_value(lr) == 0.25 and K.eval(lr) == 0.25
+    assert round(lr, 1) == 0.2 and -lr == -0.25 and abs(lr) == 0.25
+
+
+def test_lr_handle_is_live_and_settable_every_way():
+    trainer = make_trainer(lr=0.1)
+    opt = trainer.model.optimizer
+    handle = opt.lr
+    K.set_value(opt.lr, 0.05)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.05 and float(handle) == 0.05
+    opt.lr = 0.02
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.02
+    opt.learning_rate = 0.03
+    assert float(opt.lr) == 0.03 and float(opt.learning_rate) == 0.03
+    opt.lr.assign(np.float32(0.5))
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.5
+    K.set_value(opt.lr, torch.tensor(0.25))
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.25
+    opt.lr = opt.lr * 2
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.5
+    with pytest.raises(ValueError, match="learning rate must be a finite real number, got 'fast'"):
+        opt.lr = "fast"
+    with pytest.raises(ValueError, match="finite real number"):
+        K.set_value(opt.lr, float("nan"))
+
+
+def test_setting_the_rate_scales_every_param_group_by_the_same_ratio():
+    trainer = _two_group_trainer()
+    K.set_value(trainer.model.optimizer.lr, 0.05)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.05, pytest.approx(0.005)]
+    assert float(trainer.model.optimizer.lr) == 0.05
+
+
+def test_optimizer_facade_passes_other_attributes_through():
+    trainer = make_trainer()
+    opt = trainer.model.optimizer
+    assert opt.param_groups is trainer.optimizer.param_groups
+    assert opt.state_dict()["param_groups"][0]["lr"] == 0.05
+    assert hasattr(opt, "lr") and opt.iterations == 0
+
+
+def test_get_and_set_weights_round_trip_in_state_dict_order():
+    trainer = make_trainer()
+    weights = trainer.model.get_weights()
+    state = trainer.module.state_dict()
+    assert [w.shape for w in weights] == [tuple(t.shape) for t in state.values()]
+    assert all(isinstance(w, np.ndarray) for w in weights)
+    trainer.model.set_weights([np.zeros_like(w) for w in weights])
+    assert all(float(t.abs().sum()) == 0.0 for t in trainer.module.state_dict().values())
+    trainer.model.set_weights(weights)
+    assert all(np.array_equal(a, b) for a, b in zip(trainer.model.get_weights(), weights))
+
+
+def test_set_weights_checks_count_and_shapes():
+    trainer = make_trainer()
+    weights = trainer.model.get_weights()
+    with pytest.raises(ValueError, match="set_weights expects a list of 4 arrays"):
+        trainer.model.set_weights(weights[:2])
+    with pytest.raises(ValueError, match=r"set_weights: 0.weight has shape \(8, 4\), got an array of shape \(4, 8\)"):
+        trainer.model.set_weights([weights[0].T] + weights[1:])
+
+
+def test_weights_snapshot_stays_on_the_device_and_restores():
+    trainer = make_trainer()
+    snapshot = trainer.model.weights_snapshot()
+    before = trainer.model.get_weights()
+    trainer.fit(*make_data(8), epochs=2, verbose=0)
+    assert not np.array_equal(trainer.model.get_weights()[0], before[0])
+    trainer.model.restore_weights_snapshot(snapshot)
+    assert all(np.array_equal(a, b) for a, b in zip(trainer.model.get_weights(), before))
+    assert all(t.device == trainer.device for t in snapshot.values())
+
+
+def test_save_weights_and_load_weights(tmp_path):
+    trainer = make_trainer()
+    path = tmp_path / "sub" / "w.pt"
+    trainer.model.save_weights(path)
+    saved = trainer.model.get_weights()
+    trainer.fit(*make_data(8), epochs=2, verbose=0)
+    trainer.model.load_weights(path)
+    assert all(np.array_equal(a, b) for a, b in zip(trainer.model.get_weights(), saved))
+    with pytest.raises(FileExistsError, match="overwrite=False"):
+        trainer.model.save_weights(path, overwrite=False)
+
+
+def test_save_writes_a_full_checkpoint_that_load_weights_and_load_checkpoint_read(tmp_path):
+    trainer = make_trainer()
+    x, y = make_data(8)
+    trainer.fit(x, y, epochs=3, batch_size=4, verbose=0)
+    trainer.model.save(tmp_path / "full.pt")
+    saved = trainer.model.get_weights()
+
+    fresh = make_trainer()
+    fresh.model.load_weights(tmp_path / "full.pt")
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.model.get_weights(), saved))
+    epoch = fresh.load_checkpoint(tmp_path / "full.pt")
+    assert epoch == 3 and fresh.model.optimizer.iterations == 6
+    history = fresh.fit(x, y, epochs=4, initial_epoch=epoch, verbose=0)
+    assert history.epoch == [3]
+
+
+def test_layers_name_the_leaf_modules_and_their_weights():
+    trainer = make_trainer()
+    layers = trainer.model.layers
+    assert [layer.name for layer in layers] == ["0", "1", "2"]
+    assert [w.name for w in layers[0].weights] == ["0.weight", "0.bias"]
+    assert layers[1].weights == []
+    assert layers[2].get_weights()[0].shape == (2, 8)
+
+
+def test_facade_members_as_keras_has_them():
+    trainer = make_trainer()
+    model = trainer.model
+    x = torch.randn(3, 4)
+    assert model.module is trainer.module and model.trainer is trainer
+    assert model.name == "sequential"
+    assert model.metrics_names == ["loss", "accuracy"]
+    assert [m.name for m in model.metrics] == ["accuracy"]
+    assert torch.equal(model(x), trainer.module(x))
+    assert torch.equal(model.predict(x), trainer.predict(x))
+    assert model.evaluate(x, torch.zeros(3, dtype=torch.long), verbose=0) == trainer.evaluate(
+        x, torch.zeros(3, dtype=torch.long), verbose=0
+    )

@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_trainer
+from torchcb.callbacks import Callback
+from torchcb.logs import EpochTotals, Logs, device_reads
+
+
+def test_logs_read_all_tensors_in_one_transfer_on_first_value_read():
+    logs = Logs(batch=0, size=4)
+    logs.update_raw({"loss": torch.tensor(0.5), "accuracy": torch.tensor(0.25)})
+    with device_reads() as reads:
+        assert "loss" in logs and len(logs) == 4 and sorted(logs) == ["accuracy", "batch", "loss", "size"]
+        assert reads.count == 0  # keys never touch the device
+        assert logs["accuracy"] == 0.25
+        assert logs.get("loss") == 0.5
+        assert dict(logs) == {"batch": 0, "size": 4, "loss": 0.5, "accuracy": 0.25}
+    assert reads.count == 1
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda logs: dict(logs),
+        lambda logs: {**logs},
+        lambda logs: json.dumps(logs),
+        lambda logs: list(logs.items()),
+        lambda logs: list(logs.values()),
+        lambda logs: logs.copy(),
+        lambda logs: repr(logs),
+    ],
+)
+def test_every_way_of_reading_gives_floats(read):
+    logs = Logs(batch=1)
+    logs.update_raw({"loss": torch.tensor(1.5)})
+    read(logs)
+    assert type(dict.__getitem__(logs, "loss")) is float
+
+
+def test_raw_leaves_tensors_on_the_device():
+    logs = Logs()
+    loss = torch.tensor(2.0)
+    logs.update_raw({"loss": loss})
+    with device_reads() as reads:
+        assert logs.raw("loss") is loss
+    assert reads.count == 0
+
+
+def test_epoch_totals_weight_by_size_fold_and_keep_stateful_last_values():
+    totals = EpochTotals(last_value={"auc"})
+    totals.fold_every = 3
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    sizes = [2, 2, 2, 2, 1]
+    for value, size in zip(values, sizes):
+        totals.add([("loss", torch.tensor(value)), ("auc", torch.tensor(value / 10)), ("size", size)], size, skip=("size",))
+    with device_reads() as reads:
+        result = totals.result()
+    assert reads.count == 1
+    assert result["loss"] == pytest.approx(sum(v * s for v, s in zip(values, sizes)) / 9)
+    assert result["auc"] == pytest.approx(0.5)
+    assert "size" not in result
+
+
+class ReadsEveryBatch(Callback):
+    def on_batch_end(self, batch, logs=None):
+        logs["loss"]
+
+
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_a_fit_epoch_reads_the_device_a_constant_number_of_times(verbose, capsys):
+    counts = {}
+    for samples in (64, 512):
+        trainer = make_trainer()
+        x = np.random.rand(samples, 4).astype(np.float32)
+        y = np.random.randint(0, 2, samples)
+        with device_reads() as reads:
+            trainer.fit(x, y, batch_size=8, epochs=2, verbose=verbose, validation_split=0.25)
+        counts[samples] = reads.count
+    assert counts[64] == counts[512]
+    assert counts[64] <= 2 * 3  # per epoch: train averages, validation averages, nothing per batch
+
+
+def test_a_callback_that_reads_the_loss_costs_one_read_per_batch():
+    trainer = make_trainer()
+    x = np.random.rand(64, 4).astype(np.float32)
+    y = np.random.randint(0, 2, 64)
+    with device_reads() as reads:
+        trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ReadsEveryBatch()])
+    assert reads.count == 8 + 1  # one per batch (loss and accuracy together) + the epoch averages

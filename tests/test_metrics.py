@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from tests.conftest import make_trainer
+from torchcb import Trainer
+from torchcb.metrics import resolve_loss, resolve_metrics
+
+
+def _metric(name, loss="mse"):
+    (metric,) = resolve_metrics([name], resolve_loss(loss))
+    return metric
+
+
+def test_accuracy_picks_sparse_categorical_or_binary_from_the_shapes():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 0, 0])
+    acc = _metric("accuracy", "sparse_categorical_crossentropy")
+    assert float(acc(logits, labels)) == 0.75
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert float(_metric("acc", "categorical_crossentropy")(logits, one_hot)) == 0.75
+    # binary on logits: threshold 0
+    binary = _metric("accuracy", "binary_crossentropy")
+    assert float(binary(torch.tensor([[1.0], [-1.0], [0.5]]), torch.tensor([[1.0], [1.0], [1.0]]))) == pytest.approx(2 / 3)
+    # binary on probabilities: threshold 0.5
+    probabilities = _metric("accuracy", torch.nn.BCELoss())
+    assert float(probabilities(torch.tensor([[0.9], [0.4]]), torch.tensor([[1.0], [1.0]]))) == 0.5
+
+
+def test_named_metrics():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    labels = torch.tensor([1, 2])
+    assert float(_metric("sparse_categorical_accuracy")(logits, labels)) == 0.5
+    assert float(_metric("categorical_accuracy")(logits, torch.nn.functional.one_hot(labels, 3))) == 0.5
+    top_k = _metric("top_k_categorical_accuracy")
+    assert float(top_k(logits, labels)) == 1.0
+    assert float(_metric("binary_accuracy")(torch.tensor([0.7, 0.2]), torch.tensor([1.0, 1.0]))) == 0.5
+    assert float(_metric("mse")(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0]))) == 5.0
+    assert float(_metric("mae")(torch.tensor([1.0, -3.0]), torch.tensor([0.0, 0.0]))) == 2.0
+
+
+@pytest.mark.parametrize(
+    "name, torch_loss, target",
+    [
+        ("mse", torch.nn.functional.mse_loss, torch.randn(4, 3)),
+        ("mae", torch.nn.functional.l1_loss, torch.randn(4, 3)),
+        ("binary_crossentropy", torch.nn.functional.binary_cross_entropy_with_logits, torch.randint(0, 2, (4, 3)).float()),
+        ("categorical_crossentropy", torch.nn.functional.cross_entropy, torch.softmax(torch.randn(4, 3), -1)),
+        ("sparse_categorical_crossentropy", torch.nn.functional.cross_entropy, torch.randint(0, 3, (4,))),
+    ],
+)
+def test_keras_loss_names_map_to_torch_losses_on_logits(name, torch_loss, target):
+    logits = torch.randn(4, 3)
+    loss = resolve_loss(name)
+    assert float(loss(logits, target)) == pytest.approx(float(torch_loss(logits, target)), rel=1e-6)
+    assert loss.per_sample(logits, target).shape == (4,)
+    assert float(loss.per_sample(logits, target).mean()) == pytest.approx(float(loss(logits, target)), rel=1e-6)
+
+
+def test_torch_loss_modules_and_callables():
+    module = resolve_loss(torch.nn.CrossEntropyLoss())
+    logits, labels = torch.randn(5, 3), torch.randint(0, 3, (5,))
+    assert module.per_sample(logits, labels).shape == (5,)
+    plain = resolve_loss(lambda p, t: (p - t).abs().mean())
+    assert not plain.supports_weights
+
+
+def test_callable_metric_named_after_the_function():
+    def error_rate(y_pred, y_true):
+        return (y_pred.argmax(-1) != y_true).float().mean()
+
+    trainer = make_trainer(metrics=[error_rate, "accuracy"])
+    history = trainer.fit(torch.randn(16, 4), torch.randint(0, 2, (16,)), epochs=1, verbose=0, batch_size=16)
+    assert history.history["error_rate"][0] == pytest.approx(1 - history.history["accuracy"][0])
+
+
+class RunningMax:
+    """A stateful metric: the largest output seen since reset."""
+
+    higher_is_better = True
+
+    def __init__(self):
+        self.reset()
+
+    def update(self, y_pred, y_true):
+        self.value = max(self.value, float(y_pred.max()))
+
+    def compute(self):
+        return torch.tensor(self.value)
+
+    def reset(self):
+        self.value = float("-inf")
+
+
+def test_stateful_metric_logs_its_running_value_not_an_average():
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(net.weight)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.0), loss="mse", metrics=[RunningMax()], device="cpu")
+    x = torch.tensor([[1.0], [5.0], [2.0], [3.0]])
+    history = trainer.fit(x, torch.zeros(4, 1), batch_size=1, shuffle=False, epochs=1, verbose=0)
+    assert history.history["running_max"] == [5.0]  # the running value at the end, not the mean of 1, 5, 5, 5
+    assert trainer.model.metrics[0].higher_is_better is True
+
+
+def test_torchmetrics_metric_works():
+    torchmetrics = pytest.importorskip("torchmetrics")
+    metric = torchmetrics.classification.MulticlassAccuracy(num_classes=2, average="micro")
+    trainer = make_trainer(metrics=[metric, "accuracy"])
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_data=(x, y))
+    assert history.history["val_multiclass_accuracy"][0] == pytest.approx(history.history["val_accuracy"][0])
+
+
+def test_duplicate_metric_names_are_refused():
+    with pytest.raises(ValueError, match="mse appears twice"):
+        make_trainer(metrics=["mse", "mse"])

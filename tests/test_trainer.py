@@ -1,0 +1,454 @@
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import Recorder, make_data, make_trainer
+from torchcb import History, Trainer
+from torchcb.callbacks import BaseLogger, Callback, History as CallbackHistory, ProgbarLogger
+
+
+def test_fit_hook_counts_match_keras():
+    # Keras 2 callbacks_test: 10 samples, batch 2, 5 epochs, 4 validation samples.
+    trainer = make_trainer()
+    x, y = make_data(10)
+    xv, yv = make_data(4)
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=2, epochs=5, verbose=0, validation_data=(xv, yv), callbacks=[rec])
+    assert rec.count("on_train_begin") == 1 and rec.count("on_train_end") == 1
+    assert rec.count("on_epoch_begin") == 5 and rec.count("on_epoch_end") == 5
+    assert rec.count("on_train_batch_begin") == 25 and rec.count("on_train_batch_end") == 25
+    assert rec.count("on_test_batch_begin") == 10 and rec.count("on_test_batch_end") == 10
+    assert rec.count("on_test_begin") == 5 and rec.count("on_test_end") == 5
+
+
+def test_hook_order_within_an_epoch():
+    trainer = make_trainer()
+    x, y = make_data(4)
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=2, epochs=1, verbose=0, validation_data=make_data(2), callbacks=[rec])
+    order = [call[0] for call in rec.calls]
+    assert order == [
+        "on_train_begin",
+        "on_epoch_begin",
+        "on_train_batch_begin",
+        "on_train_batch_end",
+        "on_train_batch_begin",
+        "on_train_batch_end",
+        "on_test_begin",
+        "on_test_batch_begin",
+        "on_test_batch_end",
+        "on_test_end",
+        "on_epoch_end",
+        "on_train_end",
+    ]
+
+
+def test_batch_logs_hold_batch_size_loss_and_metrics_as_floats():
+    trainer = make_trainer()
+    x, y = make_data(10)
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[rec])
+    begins = rec.logs_of("on_train_batch_begin")
+    ends = rec.logs_of("on_train_batch_end")
+    assert begins == [{"batch": 0, "size": 4}, {"batch": 1, "size": 4}, {"batch": 2, "size": 2}]
+    assert [sorted(logs) for logs in ends] == [["accuracy", "batch", "loss", "size"]] * 3
+    assert all(type(logs["loss"]) is float and type(logs["accuracy"]) is float for logs in ends)
+
+
+def test_epoch_logs_are_size_weighted_averages_of_batch_logs():
+    trainer = make_trainer()
+    x, y = make_data(10)
+    rec = Recorder()
+    history = trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[rec])
+    ends = rec.logs_of("on_train_batch_end")
+    first_epoch = ends[:3]
+    expected = sum(b["loss"] * b["size"] for b in first_epoch) / 10
+    assert history.history["loss"][0] == pytest.approx(expected, rel=1e-6)
+    expected_acc = sum(b["accuracy"] * b["size"] for b in first_epoch) / 10
+    assert history.history["accuracy"][0] == pytest.approx(expected_acc, rel=1e-6)
+    assert all(type(v) is float for values in history.history.values() for v in values)
+
+
+def test_params_hold_the_keras_keys():
+    trainer = make_trainer()
+    x, y = make_data(10)
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=4, epochs=3, verbose=0, validation_split=0.2, callbacks=[rec])
+    assert rec.params == {
+        "batch_size": 4,
+        "epochs": 3,
+        "steps": 2,
+        "samples": 8,
+        "verbose": 0,
+        "do_validation": True,
+        "metrics": ["loss", "accuracy", "val_loss", "val_accuracy"],
+    }
+
+
+def test_callback_order_is_baselogger_progbar_user_history():
+    trainer = make_trainer()
+    x, y = make_data(8)
+    seen = []
+
+    class Spy(Callback):
+        def on_train_begin(self, logs=None):
+            seen.extend(type(c).__name__ for c in self._list)
+
+    spy = Spy()
+    original = trainer._fit_callbacks
+
+    def capture(*args, **kwargs):
+        callback_list, history = original(*args, **kwargs)
+        spy._list = callback_list.callbacks
+        return callback_list, history
+
+    trainer._fit_callbacks = capture
+    trainer.fit(x, y, epochs=1, verbose=2, callbacks=[spy])
+    assert seen == ["BaseLogger", "ProgbarLogger", "Spy", "History"]
+
+
+def test_history_records_keys_added_by_user_callbacks_and_is_returned():
+    class AddLr(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["lr"] = float(self.model.optimizer.lr)
+
+    trainer = make_trainer()
+    x, y = make_data(8)
+    history = trainer.fit(x, y, epochs=2, verbose=0, callbacks=[AddLr()])
+    assert isinstance(history, History)
+    assert history.history["lr"] == [0.05, 0.05]
+    assert history.epoch == [0, 1]
+    assert trainer.model.history is history and trainer.history is history
+
+
+def test_history_passed_by_user_is_reused_and_keeps_accumulating():
+    trainer = make_trainer()
+    x, y = make_data(8)
+    history = CallbackHistory()
+    returned = trainer.fit(x, y, epochs=2, verbose=0, callbacks=[history])
+    assert returned is history
+    trainer.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=[history])
+    assert len(history.history["loss"]) == 3
+    assert history.epoch == [2]
+
+
+def test_new_history_each_fit_without_one_passed():
+    trainer = make_trainer()
+    x, y = make_data(8)
+    first = trainer.fit(x, y, epochs=2, verbose=0)
+    second = trainer.fit(x, y, epochs=1, verbose=0)
+    assert first is not second and len(second.history["loss"]) == 1
+
+
+def test_stop_training_at_batch_two_runs_exactly_three_batches():
+    class StopAt(Callback):
+        def on_batch_end(self, batch, logs=None):
+            if batch == 2:
+                self.model.stop_training = True
+
+    trainer = make_trainer()
+    x, y = make_data(20)
+    rec = Recorder()
+    history = trainer.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[StopAt(), rec])
+    assert rec.count("on_train_batch_end") == 3
+    assert rec.count("on_epoch_end") == 1 and len(history.epoch) == 1
+
+
+def test_stop_training_is_reset_before_on_train_begin_and_not_by_evaluate():
+    trainer = make_trainer()
+    x, y = make_data(8)
+    trainer.model.stop_training = True
+    seen = []
+
+    class Check(Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.model.stop_training)
+
+    history = trainer.fit(x, y, epochs=2, verbose=0, callbacks=[Check()])
+    assert seen == [False] and len(history.epoch) == 2
+    trainer.model.stop_training = True
+    trainer.evaluate(x, y, verbose=0)
+    assert trainer.model.stop_training is True
+
+
+def test_stop_set_at_epoch_end_stops_after_that_epoch():
+    class StopAtEpoch(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    trainer = make_trainer()
+    history = trainer.fit(*make_data(8), epochs=5, verbose=0, callbacks=[StopAtEpoch()])
+    assert history.epoch == [0, 1]
+
+
+def test_on_train_end_gets_the_last_epoch_logs():
+    trainer = make_trainer()
+    rec = Recorder()
+    history = trainer.fit(*make_data(8), epochs=2, verbose=0, callbacks=[rec])
+    last = rec.logs_of("on_train_end")[0]
+    assert last["loss"] == history.history["loss"][-1]
+
+
+def test_logs_at_begin_and_end_hooks_are_dicts_never_none():
+    trainer = make_trainer()
+    rec = Recorder()
+    x, y = make_data(8)
+    trainer.fit(x, y, epochs=1, verbose=0, validation_split=0.25, callbacks=[rec])
+    trainer.evaluate(x, y, verbose=0, callbacks=[rec])
+    trainer.predict(x, verbose=0, callbacks=[rec])
+    assert all(isinstance(call[2], dict) for call in rec.calls)
+
+
+def test_validation_freq_int_and_list():
+    trainer = make_trainer()
+    x, y = make_data(8)
+    rec = Recorder()
+    history = trainer.fit(x, y, epochs=4, verbose=0, validation_data=make_data(4), validation_freq=2, callbacks=[rec])
+    assert rec.count("on_test_begin") == 2
+    assert ["val_loss" in logs for logs in rec.logs_of("on_epoch_end")] == [False, True, False, True]
+    assert len(history.history["val_loss"]) == 2
+    rec = Recorder()
+    trainer.fit(x, y, epochs=4, verbose=0, validation_data=make_data(4), validation_freq=[1, 4], callbacks=[rec])
+    assert ["val_loss" in logs for logs in rec.logs_of("on_epoch_end")] == [True, False, False, True]
+
+
+def test_initial_epoch_starts_the_epoch_count():
+    trainer = make_trainer()
+    rec = Recorder()
+    history = trainer.fit(*make_data(8), epochs=5, initial_epoch=3, verbose=0, callbacks=[rec])
+    assert history.epoch == [3, 4]
+    assert [call[1] for call in rec.calls if call[0] == "on_epoch_begin"] == [3, 4]
+
+
+def test_validation_split_takes_the_last_fraction_before_shuffling():
+    trainer = make_trainer(inputs=1)
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    y = np.zeros(10, dtype=np.int64)
+    seen = []
+    original = trainer.test_step
+
+    def spy(batch):
+        seen.extend(batch.x[:, 0].tolist())
+        return original(batch)
+
+    trainer.test_step = spy
+    trainer.fit(x, y, batch_size=4, epochs=1, verbose=0, validation_split=0.3, shuffle=True)
+    assert seen == [7.0, 8.0, 9.0]
+
+
+def test_shuffle_draws_a_new_order_each_epoch_and_false_keeps_it():
+    trainer = make_trainer(inputs=1)
+    x = np.arange(16, dtype=np.float32).reshape(16, 1)
+    y = np.zeros(16, dtype=np.int64)
+    orders = []
+    original = trainer.train_step
+
+    def spy(batch):
+        orders[-1].extend(batch.x[:, 0].tolist())
+        return original(batch)
+
+    trainer.train_step = spy
+
+    class NewEpoch(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            orders.append([])
+
+    trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[NewEpoch()])
+    assert sorted(orders[0]) == list(range(16)) and orders[0] != orders[1]
+    orders.clear()
+    trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False, callbacks=[NewEpoch()])
+    assert orders[0] == orders[1] == [float(i) for i in range(16)]
+
+
+def test_sample_weight_and_class_weight_weight_the_loss():
+    x = torch.randn(6, 4)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    trainer = make_trainer(metrics=())
+    per_sample = torch.nn.functional.cross_entropy(trainer.module(x), y, reduction="none").detach()
+    weights = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 0.0])
+    expected = (per_sample * weights).mean().item()
+    assert trainer.evaluate(x, y, sample_weight=weights, verbose=0, batch_size=6) == pytest.approx(expected, rel=1e-5)
+
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=6, epochs=1, shuffle=False, verbose=0, class_weight={0: 1.0, 1: 3.0}, callbacks=[rec])
+    class_weights = torch.where(y == 1, 3.0, 1.0)
+    assert rec.logs_of("on_train_batch_end")[0]["loss"] == pytest.approx((per_sample * class_weights).mean().item(), rel=1e-5)
+
+
+def test_evaluate_returns_loss_alone_list_or_dict():
+    x, y = make_data(8)
+    trainer = make_trainer(metrics=())
+    assert isinstance(trainer.evaluate(x, y, verbose=0), float)
+    trainer = make_trainer()
+    values = trainer.evaluate(x, y, verbose=0)
+    as_dict = trainer.evaluate(x, y, verbose=0, return_dict=True)
+    assert values == [as_dict["loss"], as_dict["accuracy"]]
+
+
+def test_evaluate_and_predict_hooks():
+    trainer = make_trainer()
+    x, y = make_data(10)
+    rec = Recorder()
+    trainer.evaluate(x, y, batch_size=4, verbose=0, callbacks=[rec])
+    assert [rec.count(h) for h in ("on_test_begin", "on_test_batch_begin", "on_test_batch_end", "on_test_end")] == [1, 3, 3, 1]
+    assert sorted(rec.logs_of("on_test_end")[0]) == ["accuracy", "loss"]
+    rec = Recorder()
+    out = trainer.predict(x, batch_size=4, callbacks=[rec])
+    assert out.shape == (10, 2)
+    assert [rec.count(h) for h in ("on_predict_begin", "on_predict_batch_end", "on_predict_end")] == [1, 3, 1]
+    outputs = [logs["outputs"] for logs in rec.logs_of("on_predict_batch_end")]
+    assert torch.equal(torch.cat(outputs), out)
+    assert rec.count("on_train_begin") == 0
+
+
+def test_predict_matches_the_module_and_leaves_train_mode():
+    trainer = make_trainer()
+    x, _ = make_data(7)
+    trainer.module.train()
+    out = trainer.predict(x, batch_size=3)
+    assert torch.allclose(out, trainer.module(torch.as_tensor(x)))
+    assert trainer.module.training
+
+
+def test_training_reduces_the_loss():
+    x = torch.randn(256, 4)
+    y = (x[:, 0] > 0).long()
+    trainer = make_trainer(lr=0.5)
+    history = trainer.fit(x, y, batch_size=32, epochs=10, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0] * 0.5
+    assert history.history["accuracy"][-1] > 0.9
+
+
+def test_custom_train_step_for_a_two_input_model():
+    class TwoTowers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(2, 1)
+            self.b = torch.nn.Linear(3, 1)
+
+        def forward(self, left, right):
+            return self.a(left) + self.b(right)
+
+    class PairTrainer(Trainer):
+        def train_step(self, batch):
+            logs = super().train_step(batch)
+            logs["extra"] = logs["loss"] * 2
+            return logs
+
+    net = TwoTowers()
+    trainer = PairTrainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+    left, right = np.random.rand(12, 2).astype(np.float32), np.random.rand(12, 3).astype(np.float32)
+    target = left.sum(1, keepdims=True) - right.sum(1, keepdims=True)
+    history = trainer.fit([left, right], target, batch_size=4, epochs=2, verbose=0)
+    assert history.history["extra"] == pytest.approx([2 * v for v in history.history["loss"]])
+    assert trainer.predict([left, right]).shape == (12, 1)
+    history = trainer.fit({"left": left, "right": right}, target, batch_size=4, epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1
+
+
+def test_optimizer_iterations_counts_steps():
+    trainer = make_trainer()
+    trainer.fit(*make_data(10), batch_size=4, epochs=2, verbose=0)
+    assert trainer.model.optimizer.iterations == 6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"y": np.zeros(9, dtype=np.int64)}, "x and y must have the same number of samples, got x with 10 and y with 9"),
+        ({"y": None}, "y is required"),
+        ({"validation_split": 1.0}, "validation_split must be a float in [0, 1)"),
+        ({"validation_split": -0.1}, "validation_split must be a float in [0, 1)"),
+        ({"epochs": -1}, "epochs must be an int >= 0"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"validation_freq": 0}, "validation_freq must be an int >= 1"),
+        ({"verbose": 3}, "verbose must be 0, 1, 2 or 'auto'"),
+        ({"callbacks": ["not a callback"]}, "callbacks[0] must be a Callback instance"),
+        ({"callbacks": [History]}, "callbacks[0] is the class History"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch must be a positive int"),
+    ],
+)
+def test_bad_fit_arguments_raise_before_any_hook(kwargs, message):
+    trainer = make_trainer()
+    x, y = make_data(10)
+    rec = Recorder()
+    args = {"x": x, "y": y, "verbose": 0, "callbacks": [rec]}
+    if "callbacks" in kwargs:
+        kwargs = {**kwargs, "callbacks": kwargs["callbacks"] + [rec]}
+    args.update(kwargs)
+    with pytest.raises(ValueError) as error:
+        trainer.fit(**args)
+    assert message in str(error.value)
+    assert rec.calls == []
+
+
+def test_empty_data_is_refused():
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match="x: the data is empty"):
+        trainer.fit(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), verbose=0)
+    with pytest.raises(ValueError, match="x: the data is empty"):
+        trainer.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 4), torch.zeros(0))), verbose=0)
+
+
+def test_validation_split_with_a_loader_is_refused():
+    trainer = make_trainer()
+    dataset = torch.utils.data.TensorDataset(torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="validation_split needs in-memory arrays or tensors; x is a TensorDataset"):
+        trainer.fit(dataset, validation_split=0.2, verbose=0)
+    with pytest.raises(ValueError, match="x is a DataLoader"):
+        trainer.fit(torch.utils.data.DataLoader(dataset), validation_split=0.2, verbose=0)
+    with pytest.raises(ValueError, match="x is a generator"):
+        trainer.fit((b for b in [(torch.zeros(2, 4), torch.zeros(2))]), steps_per_epoch=1, validation_split=0.2, verbose=0)
+
+
+def test_unknown_loss_and_metric_names_list_the_known_ones():
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="loss: unknown loss name 'hinge'; known names are mse, .*sparse_categorical_crossentropy"):
+        Trainer(net, opt, loss="hinge", device="cpu")
+    with pytest.raises(ValueError, match=r"metrics\[1\]: unknown metric name 'f1'; known names are accuracy, acc, "):
+        Trainer(net, opt, loss="mse", metrics=["mae", "f1"], device="cpu")
+
+
+def test_generator_without_steps_per_epoch_is_refused():
+    trainer = make_trainer()
+
+    def batches():
+        while True:
+            yield torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)
+
+    with pytest.raises(ValueError, match="steps_per_epoch .* is required when x is a generator without a length"):
+        trainer.fit(batches(), verbose=0)
+
+
+def test_sample_weight_needs_a_loss_with_per_sample_values():
+    net = torch.nn.Linear(4, 1)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss=lambda p, t: ((p - t) ** 2).mean(), device="cpu")
+    with pytest.raises(ValueError, match="cannot weight it"):
+        trainer.fit(np.zeros((4, 4), np.float32), np.zeros((4, 1), np.float32), sample_weight=np.ones(4), verbose=0)
+
+
+def test_trainer_checks_module_and_optimizer():
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="module must be a torch.nn.Module"):
+        Trainer(object(), torch.optim.SGD(net.parameters(), lr=0.1), loss="mse")
+    with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer"):
+        Trainer(net, "adam", loss="mse")
+
+
+def test_device_none_picks_cuda_when_available_else_cpu():
+    net = torch.nn.Linear(2, 2)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse")
+    assert trainer.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_user_baselogger_and_progbar_replace_the_default_ones(capsys):
+    trainer = make_trainer()
+    progbar = ProgbarLogger(count_mode="steps")
+    base = BaseLogger()
+    history = trainer.fit(*make_data(8), batch_size=4, epochs=1, verbose=1, callbacks=[base, progbar])
+    out = capsys.readouterr().out
+    assert out.count("Epoch 1/1") == 1
+    assert "2/2 [" in out  # counted in steps
+    assert "loss" in history.history
