@@ -26,7 +26,7 @@ def main(path: str = "runs/loss_log.json") -> list:
 
     # Stream the epoch loss to a file in JSON format. The file content
     # is not well-formed JSON but rather has a JSON object per line.
-    json_log = open(path, mode="wt", buffering=1)
+    json_log = open(path, mode="w", buffering=1)
     json_logging_callback = LambdaCallback(
         on_epoch_end=lambda epoch, logs: json_log.write(json.dumps({"epoch": epoch, "loss": logs["loss"]}) + "\n"),
         on_train_end=lambda logs: json_log.close(),

@@ -74,3 +74,52 @@ for _name in ("on_train_begin", "on_train_end", "on_test_begin", "on_test_end", 
 @pytest.fixture
 def recorder():
     return Recorder()
+
+
+class KerasStubOptimizer:
+    def __init__(self, lr):
+        self.lr = lr
+
+
+class KerasStub:
+    """Only what Keras itself offers a callback: stop_training, weights, optimizer.lr, save*."""
+
+    def __init__(self, lr=0.1):
+        self.stop_training = False
+        self.optimizer = KerasStubOptimizer(lr)
+        self.weights = [np.zeros(2)]
+        self.saved = []
+
+    def get_weights(self):
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        self.weights = [w.copy() for w in weights]
+
+    def save(self, filepath, overwrite=True):
+        self.saved.append(("save", filepath))
+
+    def save_weights(self, filepath, overwrite=True):
+        self.saved.append(("save_weights", filepath))
+
+
+def drive(callback, values, monitor="val_loss", model=None, on_each_epoch=None):
+    """Run a callback by hand over scripted monitor values, as Keras' own tests do.
+
+    Returns the epochs that ran (training stops when the callback sets stop_training).
+    """
+    model = model or KerasStub()
+    callback.set_model(model)
+    callback.set_params({"epochs": len(values), "do_validation": True, "metrics": ["loss", monitor]})
+    callback.on_train_begin({})
+    ran = []
+    for epoch, value in enumerate(values):
+        callback.on_epoch_begin(epoch, {})
+        if on_each_epoch:
+            on_each_epoch(epoch, model)
+        callback.on_epoch_end(epoch, {monitor: value} if value is not None else {"loss": 1.0})
+        ran.append(epoch)
+        if model.stop_training:
+            break
+    callback.on_train_end({})
+    return ran

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def _trainer():
     net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    return Trainer(net, torch.optim.Adam(net.parameters()), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return Trainer(
+        net, torch.optim.Adam(net.parameters()), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
 
 
 def test_default_device_is_cuda_and_data_lives_there():

@@ -168,7 +168,9 @@ def test_y_with_a_loader_is_refused():
 
 
 def test_bad_x_type():
-    with pytest.raises(ValueError, match="x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got int"):
+    with pytest.raises(
+        ValueError, match="x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got int"
+    ):
         make_trainer().fit(3, verbose=0)
 
 

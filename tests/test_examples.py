@@ -16,14 +16,19 @@ def _load(name):
     return module
 
 
-def test_quickstart_reaches_95_percent_validation_accuracy_in_under_a_minute(tmp_path, monkeypatch, capsys):
+def test_quickstart_reaches_95_percent_and_reloads_its_best_checkpoint(tmp_path, capsys):
     pytest.importorskip("sklearn")
-    monkeypatch.chdir(tmp_path)
     start = time.monotonic()
-    history = _load("quickstart").main()
+    result = _load("quickstart").main(str(tmp_path / "runs"))
     assert time.monotonic() - start < 60
+    history = result["history"]
     assert max(history["val_accuracy"]) >= 0.95
-    assert "Epoch 1/" in capsys.readouterr().out
+    assert result["test"]["accuracy"] >= 0.95
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["best.pt", "log.csv"]
+    rows = (tmp_path / "runs" / "log.csv").read_text().splitlines()
+    assert rows[0] == "epoch,accuracy,loss,lr,val_accuracy,val_loss" and len(rows) == len(history["loss"]) + 1
+    out = capsys.readouterr().out
+    assert "Epoch 1/" in out and "test accuracy of the best checkpoint" in out
 
 
 def test_loss_history_seed_example_records_one_loss_per_batch(capsys):

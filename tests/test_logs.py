@@ -55,7 +55,9 @@ def test_epoch_totals_weight_by_size_fold_and_keep_stateful_last_values():
     values = [1.0, 2.0, 3.0, 4.0, 5.0]
     sizes = [2, 2, 2, 2, 1]
     for value, size in zip(values, sizes):
-        totals.add([("loss", torch.tensor(value)), ("auc", torch.tensor(value / 10)), ("size", size)], size, skip=("size",))
+        totals.add(
+            [("loss", torch.tensor(value)), ("auc", torch.tensor(value / 10)), ("size", size)], size, skip=("size",)
+        )
     with device_reads() as reads:
         result = totals.result()
     assert reads.count == 1

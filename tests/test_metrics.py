@@ -20,7 +20,9 @@ def test_accuracy_picks_sparse_categorical_or_binary_from_the_shapes():
     assert float(_metric("acc", "categorical_crossentropy")(logits, one_hot)) == 0.75
     # binary on logits: threshold 0
     binary = _metric("accuracy", "binary_crossentropy")
-    assert float(binary(torch.tensor([[1.0], [-1.0], [0.5]]), torch.tensor([[1.0], [1.0], [1.0]]))) == pytest.approx(2 / 3)
+    assert float(binary(torch.tensor([[1.0], [-1.0], [0.5]]), torch.tensor([[1.0], [1.0], [1.0]]))) == pytest.approx(
+        2 / 3
+    )
     # binary on probabilities: threshold 0.5
     probabilities = _metric("accuracy", torch.nn.BCELoss())
     assert float(probabilities(torch.tensor([[0.9], [0.4]]), torch.tensor([[1.0], [1.0]]))) == 0.5
@@ -43,7 +45,11 @@ def test_named_metrics():
     [
         ("mse", torch.nn.functional.mse_loss, torch.randn(4, 3)),
         ("mae", torch.nn.functional.l1_loss, torch.randn(4, 3)),
-        ("binary_crossentropy", torch.nn.functional.binary_cross_entropy_with_logits, torch.randint(0, 2, (4, 3)).float()),
+        (
+            "binary_crossentropy",
+            torch.nn.functional.binary_cross_entropy_with_logits,
+            torch.randint(0, 2, (4, 3)).float(),
+        ),
         ("categorical_crossentropy", torch.nn.functional.cross_entropy, torch.softmax(torch.randn(4, 3), -1)),
         ("sparse_categorical_crossentropy", torch.nn.functional.cross_entropy, torch.randint(0, 3, (4,))),
     ],

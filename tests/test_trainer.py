@@ -4,7 +4,8 @@ import torch
 
 from tests.conftest import Recorder, make_data, make_trainer
 from torchcb import History, Trainer
-from torchcb.callbacks import BaseLogger, Callback, History as CallbackHistory, ProgbarLogger
+from torchcb.callbacks import BaseLogger, Callback, ProgbarLogger
+from torchcb.callbacks import History as CallbackHistory
 
 
 def test_fit_hook_counts_match_keras():
@@ -273,7 +274,9 @@ def test_sample_weight_and_class_weight_weight_the_loss():
     rec = Recorder()
     trainer.fit(x, y, batch_size=6, epochs=1, shuffle=False, verbose=0, class_weight={0: 1.0, 1: 3.0}, callbacks=[rec])
     class_weights = torch.where(y == 1, 3.0, 1.0)
-    assert rec.logs_of("on_train_batch_end")[0]["loss"] == pytest.approx((per_sample * class_weights).mean().item(), rel=1e-5)
+    assert rec.logs_of("on_train_batch_end")[0]["loss"] == pytest.approx(
+        (per_sample * class_weights).mean().item(), rel=1e-5
+    )
 
 
 def test_evaluate_returns_loss_alone_list_or_dict():
@@ -291,7 +294,12 @@ def test_evaluate_and_predict_hooks():
     x, y = make_data(10)
     rec = Recorder()
     trainer.evaluate(x, y, batch_size=4, verbose=0, callbacks=[rec])
-    assert [rec.count(h) for h in ("on_test_begin", "on_test_batch_begin", "on_test_batch_end", "on_test_end")] == [1, 3, 3, 1]
+    assert [rec.count(h) for h in ("on_test_begin", "on_test_batch_begin", "on_test_batch_end", "on_test_end")] == [
+        1,
+        3,
+        3,
+        1,
+    ]
     assert sorted(rec.logs_of("on_test_end")[0]) == ["accuracy", "loss"]
     rec = Recorder()
     out = trainer.predict(x, batch_size=4, callbacks=[rec])
@@ -356,7 +364,10 @@ def test_optimizer_iterations_counts_steps():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"y": np.zeros(9, dtype=np.int64)}, "x and y must have the same number of samples, got x with 10 and y with 9"),
+        (
+            {"y": np.zeros(9, dtype=np.int64)},
+            "x and y must have the same number of samples, got x with 10 and y with 9",
+        ),
         ({"y": None}, "y is required"),
         ({"validation_split": 1.0}, "validation_split must be a float in [0, 1)"),
         ({"validation_split": -0.1}, "validation_split must be a float in [0, 1)"),
@@ -388,7 +399,9 @@ def test_empty_data_is_refused():
     with pytest.raises(ValueError, match="x: the data is empty"):
         trainer.fit(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), verbose=0)
     with pytest.raises(ValueError, match="x: the data is empty"):
-        trainer.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 4), torch.zeros(0))), verbose=0)
+        trainer.fit(
+            torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 4), torch.zeros(0))), verbose=0
+        )
 
 
 def test_validation_split_with_a_loader_is_refused():
@@ -399,13 +412,17 @@ def test_validation_split_with_a_loader_is_refused():
     with pytest.raises(ValueError, match="x is a DataLoader"):
         trainer.fit(torch.utils.data.DataLoader(dataset), validation_split=0.2, verbose=0)
     with pytest.raises(ValueError, match="x is a generator"):
-        trainer.fit((b for b in [(torch.zeros(2, 4), torch.zeros(2))]), steps_per_epoch=1, validation_split=0.2, verbose=0)
+        trainer.fit(
+            (b for b in [(torch.zeros(2, 4), torch.zeros(2))]), steps_per_epoch=1, validation_split=0.2, verbose=0
+        )
 
 
 def test_unknown_loss_and_metric_names_list_the_known_ones():
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="loss: unknown loss name 'hinge'; known names are mse, .*sparse_categorical_crossentropy"):
+    with pytest.raises(
+        ValueError, match="loss: unknown loss name 'hinge'; known names are mse, .*sparse_categorical_crossentropy"
+    ):
         Trainer(net, opt, loss="hinge", device="cpu")
     with pytest.raises(ValueError, match=r"metrics\[1\]: unknown metric name 'f1'; known names are accuracy, acc, "):
         Trainer(net, opt, loss="mse", metrics=["mae", "f1"], device="cpu")
@@ -424,7 +441,9 @@ def test_generator_without_steps_per_epoch_is_refused():
 
 def test_sample_weight_needs_a_loss_with_per_sample_values():
     net = torch.nn.Linear(4, 1)
-    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss=lambda p, t: ((p - t) ** 2).mean(), device="cpu")
+    trainer = Trainer(
+        net, torch.optim.SGD(net.parameters(), lr=0.1), loss=lambda p, t: ((p - t) ** 2).mean(), device="cpu"
+    )
     with pytest.raises(ValueError, match="cannot weight it"):
         trainer.fit(np.zeros((4, 4), np.float32), np.zeros((4, 1), np.float32), sample_weight=np.ones(4), verbose=0)
 

@@ -209,7 +209,11 @@ def _unpack(element: Any, with_targets: bool) -> tuple[Any, Any, Any]:
             return element[0], None, None
     elif not with_targets:
         return element, None, None
-    what = f"a {type(element).__name__} of {len(element)} items" if isinstance(element, (tuple, list)) else type(element).__name__
+    what = (
+        f"a {type(element).__name__} of {len(element)} items"
+        if isinstance(element, (tuple, list))
+        else type(element).__name__
+    )
     raise ValueError(f"each batch must be (x, y) or (x, y, sample_weight), got {what}.")
 
 
@@ -258,9 +262,12 @@ class IterableSource(Source):
     def _move(self, element: Any) -> Batch:
         x, y, sample_weight = _unpack(element, self.with_targets)
         non_blocking = self.device.type == "cuda"
-        move = lambda t: _to_tensor(t, self.device) if not isinstance(t, torch.Tensor) else t.to(  # noqa: E731
-            self.device, non_blocking=non_blocking
-        )
+
+        def move(value: Any) -> torch.Tensor:
+            if isinstance(value, torch.Tensor):
+                return value.to(self.device, non_blocking=non_blocking)
+            return _to_tensor(value, self.device)
+
         x = tree_map(move, x)
         y = tree_map(move, y)
         sample_weight = None if sample_weight is None else move(sample_weight).to(torch.get_default_dtype())
@@ -300,7 +307,9 @@ def _class_weight_fn(class_weight: dict[Any, float] | None, device: torch.device
     if not class_weight:
         return None
     if not isinstance(class_weight, dict):
-        raise ValueError(f"class_weight must be a dict mapping class index to weight, got {type(class_weight).__name__}.")
+        raise ValueError(
+            f"class_weight must be a dict mapping class index to weight, got {type(class_weight).__name__}."
+        )
     keys = [int(k) for k in class_weight]
     if min(keys) < 0:
         raise ValueError(f"class_weight keys must be non-negative class indices, got {sorted(keys)}.")
@@ -422,9 +431,7 @@ def make_source(
             raise ValueError("batch_size must not be given with a DataLoader: it batches the data itself.")
         data: Any = x
     elif isinstance(x, Dataset):
-        data = DataLoader(
-            x, batch_size=batch_size or 32, shuffle=shuffle and not isinstance(x, IterableDataset)
-        )
+        data = DataLoader(x, batch_size=batch_size or 32, shuffle=shuffle and not isinstance(x, IterableDataset))
     elif hasattr(x, "__iter__") or hasattr(x, "__next__"):
         data = x
     else:

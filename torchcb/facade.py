@@ -283,7 +283,9 @@ class KerasModel:
         state = self.trainer.module.state_dict()
         if weights is None or len(weights) != len(state):
             count = "None" if weights is None else len(weights)
-            raise ValueError(f"set_weights expects a list of {len(state)} arrays (one per state_dict entry), got {count}.")
+            raise ValueError(
+                f"set_weights expects a list of {len(state)} arrays (one per state_dict entry), got {count}."
+            )
         with torch.no_grad():
             for (key, tensor), value in zip(state.items(), weights):
                 source = torch.as_tensor(np.asarray(value))

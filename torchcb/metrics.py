@@ -265,10 +265,14 @@ def resolve_metrics(metrics: Any, loss: Loss) -> list[Metric]:
             elif metric in _METRICS:
                 resolved.append(Metric(_METRICS[metric], metric, metric in _HIGHER_IS_BETTER))
             else:
-                raise ValueError(f"metrics[{index}]: unknown metric name {metric!r}; known names are {', '.join(KNOWN_METRICS)}.")
+                raise ValueError(
+                    f"metrics[{index}]: unknown metric name {metric!r}; known names are {', '.join(KNOWN_METRICS)}."
+                )
         elif all(callable(getattr(metric, m, None)) for m in ("update", "compute", "reset")):
             name = getattr(metric, "name", None)
-            resolved.append(StatefulMetric(metric, name if isinstance(name, str) else _snake_case(type(metric).__name__)))
+            resolved.append(
+                StatefulMetric(metric, name if isinstance(name, str) else _snake_case(type(metric).__name__))
+            )
         elif callable(metric):
             name = getattr(metric, "__name__", None) or _snake_case(type(metric).__name__)
             resolved.append(Metric(metric, name))

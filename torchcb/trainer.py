@@ -340,7 +340,9 @@ class Trainer:
         if not any(isinstance(c, BaseLogger) for c in user):
             ordered.append(BaseLogger(stateful_metrics=stateful))
         if verbose and not any(isinstance(c, ProgbarLogger) for c in user):
-            count_mode = "samples" if train.samples is not None and not getattr(train, "_fixed_steps", False) else "steps"
+            count_mode = (
+                "samples" if train.samples is not None and not getattr(train, "_fixed_steps", False) else "steps"
+            )
             ordered.append(ProgbarLogger(count_mode=count_mode, stateful_metrics=stateful))
         callback_list = CallbackList(ordered + user + [history])
         callback_list.set_model(self.model)
@@ -421,7 +423,12 @@ class Trainer:
         return values[0] if len(values) == 1 else values
 
     def predict(
-        self, x: Any, batch_size: int | None = None, verbose: int | str = 0, steps: int | None = None, callbacks: Any = None
+        self,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: int | str = 0,
+        steps: int | None = None,
+        callbacks: Any = None,
     ) -> Any:
         """The module's outputs for ``x``, concatenated over batches, as tensors on the trainer's device.
 
@@ -435,7 +442,13 @@ class Trainer:
         """
         verbose = self._check_verbose(verbose)
         source = make_source(
-            x, None, batch_size=batch_size, shuffle=False, device=self.device, steps=steps, with_targets=False,
+            x,
+            None,
+            batch_size=batch_size,
+            shuffle=False,
+            device=self.device,
+            steps=steps,
+            with_targets=False,
             steps_argument="steps",
         )
         callback_list = self._inference_callbacks(callbacks, verbose, source, [])

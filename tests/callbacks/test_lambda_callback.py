@@ -46,7 +46,7 @@ def test_keras3_train_batch_names():
 
 def test_seed_json_lines_example(tmp_path):
     path = tmp_path / "loss_log.json"
-    json_log = open(path, mode="wt", buffering=1)
+    json_log = open(path, mode="w", buffering=1)
     json_logging_callback = LambdaCallback(
         on_epoch_end=lambda epoch, logs: json_log.write(json.dumps({"epoch": epoch, "loss": logs["loss"]}) + "\n"),
         on_train_end=lambda logs: json_log.close(),

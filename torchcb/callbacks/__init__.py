@@ -1,23 +1,34 @@
 """Every torchcb callback, under its Keras name.
 
 Example:
-    >>> from torchcb.callbacks import Callback, History, LambdaCallback
-    >>> issubclass(History, Callback) and issubclass(LambdaCallback, Callback)
+    >>> from torchcb.callbacks import Callback, EarlyStopping, ModelCheckpoint
+    >>> issubclass(EarlyStopping, Callback) and issubclass(ModelCheckpoint, Callback)
     True
 """
 
 from torchcb.callbacks.base import Callback, CallbackList
+from torchcb.callbacks.csv_logger import CSVLogger
+from torchcb.callbacks.early_stopping import EarlyStopping
 from torchcb.callbacks.history import BaseLogger, History
 from torchcb.callbacks.lambda_callback import LambdaCallback
+from torchcb.callbacks.lr import LearningRateScheduler, ReduceLROnPlateau
+from torchcb.callbacks.model_checkpoint import ModelCheckpoint
 from torchcb.callbacks.progbar import ProgbarLogger
 from torchcb.callbacks.terminate_on_nan import TerminateOnNaN
+from torchcb.callbacks.torch_scheduler import TorchScheduler
 
 __all__ = [
     "BaseLogger",
+    "CSVLogger",
     "Callback",
     "CallbackList",
+    "EarlyStopping",
     "History",
     "LambdaCallback",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
     "ProgbarLogger",
+    "ReduceLROnPlateau",
     "TerminateOnNaN",
+    "TorchScheduler",
 ]

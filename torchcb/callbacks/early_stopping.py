@@ -1,0 +1,112 @@
+"""EarlyStopping: stop training when a monitored quantity has stopped improving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchcb.callbacks.base import MonitorCallback
+
+__all__ = ["EarlyStopping"]
+
+
+class EarlyStopping(MonitorCallback):
+    """Stops training when ``monitor`` has not improved for ``patience`` epochs.
+
+    Follows Keras 2 (the baseline semantics below) with the Keras 3 fixes: the best weights
+    are recorded from the first monitored epoch and restored in ``on_train_end`` whoever
+    ended training, and the state is reset in ``on_train_begin`` so one instance serves
+    several ``fit`` calls.
+
+    Args:
+        monitor: the log key to watch. Default ``"val_loss"``.
+        min_delta: the least change that counts as an improvement (absolute value used).
+        patience: epochs without improvement after which training stops; 0 stops at the
+            first epoch that does not improve.
+        verbose: 1 prints ``Epoch 00005: early stopping`` and the restore message.
+        mode: ``"auto"``, ``"min"`` or ``"max"`` (see ``MonitorCallback``).
+        baseline: a value to beat. ``best`` starts at it, so every epoch that does not
+            beat it counts towards ``patience`` (Keras 2); if it is never beaten, nothing is
+            restored.
+        restore_best_weights: restore the weights of the best epoch at the end of training.
+            On torchcb's model the best weights stay on the device (no host copy).
+        start_from_epoch: epochs before this one are not monitored at all (warm-up).
+
+    Example:
+        >>> from torchcb.callbacks import EarlyStopping
+        >>> stop = EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+        >>> # trainer.fit(x, y, validation_split=0.1, epochs=100, callbacks=[stop])
+        >>> stop.patience
+        3
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
+        super().__init__(monitor, mode, baseline, min_delta)
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+            raise ValueError(f"patience must be an int >= 0, got {patience!r}.")
+        if not isinstance(start_from_epoch, int) or isinstance(start_from_epoch, bool) or start_from_epoch < 0:
+            raise ValueError(f"start_from_epoch must be an int >= 0, got {start_from_epoch!r}.")
+        self.patience = patience
+        self.verbose = verbose
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best_epoch = 0
+        self.best_weights: Any = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best_epoch = 0
+        self.best_weights = None
+        self.reset_monitor()
+
+    def _record_weights(self) -> None:
+        snapshot = getattr(self.model, "weights_snapshot", None)
+        self.best_weights = snapshot() if callable(snapshot) else self.model.get_weights()
+
+    def _restore_weights(self) -> None:
+        restore = getattr(self.model, "restore_weights_snapshot", None)
+        if callable(restore) and isinstance(self.best_weights, dict):
+            restore(self.best_weights)
+        else:
+            self.model.set_weights(self.best_weights)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        current = self.get_monitor_value(
+            logs, "Early stopping conditioned on metric `%s` which is not available. Available metrics are: %s"
+        )
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None and self.baseline is None:
+            self._record_weights()  # the first monitored epoch, even if its value is NaN
+            self.best_epoch = epoch
+        if self.is_improvement(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            self.wait = 0
+            if self.restore_best_weights:
+                self._record_weights()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print("Epoch %05d: early stopping" % (self.stopped_epoch + 1))
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self._restore_weights()

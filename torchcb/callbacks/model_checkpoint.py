@@ -1,0 +1,177 @@
+"""ModelCheckpoint: save the model after every epoch (or every N batches), or only the best."""
+
+from __future__ import annotations
+
+import os
+import string
+from typing import Any
+
+from torchcb.callbacks.base import MonitorCallback
+from torchcb.checkpoint import check_writable
+from torchcb.distributed import is_main_process
+
+__all__ = ["ModelCheckpoint"]
+
+
+def _placeholders(filepath: str) -> list[str]:
+    names = []
+    for _, field, _, _ in string.Formatter().parse(filepath):
+        if field:
+            names.append(field.split(".")[0].split("[")[0])
+    return names
+
+
+class ModelCheckpoint(MonitorCallback):
+    """Saves the model with ``torch.save``, atomically, at the end of every epoch or every N batches.
+
+    ``filepath`` may hold placeholders filled from the logs: ``{epoch}`` and ``{batch}``
+    (both 1-based) and any log key, e.g. ``"ckpt/weights.{epoch:02d}-{val_loss:.2f}.pt"``.
+    Parent directories are created. Any file name works; the format is torch's.
+
+    Args:
+        filepath: where to save; a ``str`` or ``os.PathLike``, not an existing directory.
+        monitor: the log key to compare with ``save_best_only``. Default ``"val_loss"``.
+        verbose: 1 prints a message for every save (and skipped save) as Keras does.
+        save_best_only: save only when ``monitor`` improves on the best so far; with the
+            monitor missing from the logs, warn and do not save.
+        save_weights_only: save the module's ``state_dict`` (``model.save_weights``) rather
+            than the full training checkpoint (``model.save``: module, optimizer, epoch,
+            step, RNG states; resume with ``trainer.load_checkpoint``).
+        mode: ``"auto"``, ``"min"`` or ``"max"``, for ``save_best_only``.
+        period: save every ``period`` epochs (Keras 2).
+        save_freq: ``"epoch"``, or a number of batches between saves (Keras 3).
+        initial_value_threshold: the value the monitor must beat for the first save.
+
+    Example:
+        >>> from torchcb.callbacks import ModelCheckpoint
+        >>> checkpointer = ModelCheckpoint(filepath="/tmp/weights.pt", verbose=1, save_best_only=True)
+        >>> # trainer.fit(x, y, validation_data=(x_test, y_test), callbacks=[checkpointer])
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        period: int = 1,
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(monitor, mode, None, 0.0)
+        unexpected = set(kwargs) - {"options"}  # tf.keras' `options` has no meaning for torch files
+        if unexpected:
+            raise TypeError(f"ModelCheckpoint got unexpected arguments: {', '.join(sorted(unexpected))}.")
+        if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+            raise ValueError(f"filepath must be a non-empty str or os.PathLike, got {filepath!r}.")
+        self.filepath = os.fspath(filepath)
+        if os.path.isdir(self.filepath):
+            raise IsADirectoryError(
+                f"Please specify a non-directory filepath for ModelCheckpoint. "
+                f"Filepath used is an existing directory: {self.filepath}"
+            )
+        if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq <= 0):
+            raise ValueError(
+                f"Unrecognized save_freq: {save_freq!r}; expected 'epoch' or a positive number of batches."
+            )
+        if not isinstance(period, int) or isinstance(period, bool) or period <= 0:
+            raise ValueError(f"period must be a positive int, got {period!r}.")
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.period = period
+        self.save_freq = save_freq
+        self.initial_value_threshold = initial_value_threshold
+        self.epochs_since_last_save = 0
+        self._batches_seen_since_last_save = 0
+        self._last_batch_seen: int | None = None
+        self._current_epoch = 0
+        self.reset_monitor(initial_value_threshold)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.reset_monitor(self.initial_value_threshold)
+        self.epochs_since_last_save = 0
+        self._batches_seen_since_last_save = 0
+        self._last_batch_seen = None
+        if self.params and not self.params.get("do_validation", True):
+            missing = [name for name in _placeholders(self.filepath) if name.startswith("val_")]
+            if missing:
+                raise KeyError(
+                    f"Failed to format this callback filepath: {self.filepath!r}: placeholder "
+                    f"{missing[0]!r} needs validation data, and fit has none (pass validation_data or validation_split)."
+                )
+        directory = os.path.dirname(self.filepath)
+        if "{" not in directory and is_main_process():
+            check_writable(self.filepath, "ModelCheckpoint filepath")
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.save_freq == "epoch":
+            return
+        # a batch index that does not grow means a new epoch began
+        if self._last_batch_seen is None or batch <= self._last_batch_seen:
+            added = batch + 1
+        else:
+            added = batch - self._last_batch_seen
+        self._batches_seen_since_last_save += added
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_save >= self.save_freq:
+            self._batches_seen_since_last_save = 0
+            self._save(self._current_epoch, batch, logs or {})
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.save_freq != "epoch":
+            return
+        self.epochs_since_last_save += 1
+        if self.epochs_since_last_save >= self.period:
+            self.epochs_since_last_save = 0
+            self._save(epoch, None, logs or {})
+
+    def _format_path(self, epoch: int, batch: int | None, logs: dict) -> str:
+        values = dict(logs)
+        values["epoch"] = epoch + 1
+        if batch is not None:
+            values["batch"] = batch + 1
+        try:
+            return self.filepath.format(**values)
+        except KeyError as error:
+            raise KeyError(
+                f"Failed to format this callback filepath: {self.filepath!r}. Reason: the placeholder "
+                f"{error.args[0]!r} is not in the logs; available keys: {', '.join(sorted(values))}."
+            ) from None
+
+    def _save(self, epoch: int, batch: int | None, logs: dict) -> None:
+        filepath = self._format_path(epoch, batch, logs)
+        if not is_main_process():
+            return
+        if os.path.isdir(filepath):
+            raise IsADirectoryError(
+                f"Please specify a non-directory filepath for ModelCheckpoint. Filepath used is an existing directory: {filepath}"
+            )
+        if self.save_best_only:
+            current = self.get_monitor_value(
+                logs, "Can save best model only with %s available, skipping. Available keys: %s"
+            )
+            if current is None:
+                return
+            if not self.is_improvement(current, self.best):
+                if self.verbose > 0:
+                    print("\nEpoch %05d: %s did not improve from %0.5f" % (epoch + 1, self.monitor, self.best))
+                return
+            if self.verbose > 0:
+                print(
+                    "\nEpoch %05d: %s improved from %0.5f to %0.5f, saving model to %s"
+                    % (epoch + 1, self.monitor, self.best, current, filepath)
+                )
+            self.best = current
+        elif self.verbose > 0:
+            print("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
+        if self.save_weights_only:
+            self.model.save_weights(filepath, overwrite=True)
+        else:
+            self.model.save(filepath, overwrite=True)

@@ -1,0 +1,78 @@
+"""TorchScheduler: step any ``torch.optim.lr_scheduler`` scheduler from the callback list."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from torchcb.callbacks.base import Callback
+
+__all__ = ["TorchScheduler"]
+
+
+class TorchScheduler(Callback):
+    """Steps a PyTorch learning-rate scheduler per epoch or per batch, beside Keras callbacks.
+
+    The rate used during the epoch is logged as ``lr`` at epoch end (before the step), as
+    Keras' LearningRateScheduler logs it. ``torch.optim.lr_scheduler.ReduceLROnPlateau`` is
+    stepped at epoch end with the value of ``monitor`` (default ``"val_loss"``).
+
+    Args:
+        scheduler: a scheduler built on the trainer's optimizer.
+        interval: ``"epoch"`` (step after every epoch) or ``"batch"`` (after every batch).
+        monitor: the log key passed to ``ReduceLROnPlateau.step``; only for that scheduler.
+
+    Example:
+        >>> import torch
+        >>> from torchcb.callbacks import TorchScheduler
+        >>> net = torch.nn.Linear(2, 1)
+        >>> optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> cosine = TorchScheduler(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10))
+        >>> plateau = TorchScheduler(torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer), monitor="val_loss")
+        >>> # Trainer(net, optimizer, loss="mse").fit(x, y, callbacks=[cosine])
+    """
+
+    def __init__(self, scheduler: Any, interval: str = "epoch", monitor: str | None = None) -> None:
+        super().__init__()
+        if interval not in ("epoch", "batch"):
+            raise ValueError(f"interval must be 'epoch' or 'batch', got {interval!r}.")
+        if not callable(getattr(scheduler, "step", None)) or not hasattr(scheduler, "optimizer"):
+            raise ValueError(f"scheduler must be a torch.optim.lr_scheduler scheduler, got {type(scheduler).__name__}.")
+        self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        if self.plateau and interval == "batch":
+            raise ValueError("ReduceLROnPlateau steps once per epoch with a monitored value: use interval='epoch'.")
+        if monitor is not None and not self.plateau:
+            raise ValueError("monitor is only for torch.optim.lr_scheduler.ReduceLROnPlateau.")
+        self.scheduler = scheduler
+        self.interval = interval
+        self.monitor = monitor or ("val_loss" if self.plateau else None)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        trainer = getattr(self.model, "trainer", None)
+        if trainer is not None and self.scheduler.optimizer is not trainer.optimizer:
+            raise ValueError(
+                "scheduler: it was built on another optimizer than the Trainer's; build it on trainer.optimizer."
+            )
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.interval == "batch":
+            self.scheduler.step()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        logs["lr"] = float(self.scheduler.optimizer.param_groups[0]["lr"])
+        if self.plateau:
+            value = logs.get(self.monitor)
+            if value is None:
+                warnings.warn(
+                    f"TorchScheduler: ReduceLROnPlateau conditioned on `{self.monitor}`, which is not available. "
+                    f"Available metrics are: {','.join(logs)}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return
+            self.scheduler.step(value)
+        elif self.interval == "epoch":
+            self.scheduler.step()
