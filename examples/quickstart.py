@@ -2,15 +2,16 @@
 
 Run:  python examples/quickstart.py
 The data ships with scikit-learn (no download). It reaches about 97% validation accuracy
-in a few seconds on a laptop CPU, writes its checkpoint and CSV log under runs/, then
-reloads the best checkpoint into a fresh Trainer and evaluates it.
+in a few seconds on a laptop CPU, writes its checkpoint, CSV log and TensorBoard logs
+under runs/, then reloads the best checkpoint into a fresh Trainer and evaluates it.
+See the curves with:  tensorboard --logdir runs/tensorboard
 """
 
 import torch
 from sklearn.datasets import load_digits
 
 from torchcb import Trainer
-from torchcb.callbacks import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+from torchcb.callbacks import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard
 
 
 def make_trainer() -> Trainer:
@@ -44,6 +45,7 @@ def main(run_dir: str = "runs") -> dict:
             ModelCheckpoint(f"{run_dir}/best.pt", monitor="val_accuracy", save_best_only=True),
             ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, verbose=1),
             CSVLogger(f"{run_dir}/log.csv"),
+            TensorBoard(f"{run_dir}/tensorboard"),  # view with: tensorboard --logdir runs/tensorboard
         ],
     )
     print(f"best validation accuracy: {max(history.history['val_accuracy']):.4f}")

@@ -24,7 +24,7 @@ def test_quickstart_reaches_95_percent_and_reloads_its_best_checkpoint(tmp_path,
     history = result["history"]
     assert max(history["val_accuracy"]) >= 0.95
     assert result["test"]["accuracy"] >= 0.95
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["best.pt", "log.csv"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["best.pt", "log.csv", "tensorboard"]
     rows = (tmp_path / "runs" / "log.csv").read_text().splitlines()
     assert rows[0] == "epoch,accuracy,loss,lr,val_accuracy,val_loss" and len(rows) == len(history["loss"]) + 1
     out = capsys.readouterr().out

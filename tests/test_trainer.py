@@ -471,3 +471,22 @@ def test_user_baselogger_and_progbar_replace_the_default_ones(capsys):
     assert out.count("Epoch 1/1") == 1
     assert "2/2 [" in out  # counted in steps
     assert "loss" in history.history
+
+
+def test_on_train_error_receives_the_error_and_on_train_end_does_not_run():
+    seen = []
+
+    class Boom(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyError("boom")
+
+    class Watch(Callback):
+        def on_train_error(self, error):
+            seen.append(("error", repr(error)))
+
+        def on_train_end(self, logs=None):
+            seen.append(("end",))
+
+    with pytest.raises(KeyError, match="boom"):
+        make_trainer().fit(*make_data(8), epochs=2, verbose=0, callbacks=[Boom(), Watch()])
+    assert seen == [("error", "KeyError('boom')")]

@@ -116,6 +116,7 @@ class Trainer:
         self.optimizer_steps = 0
         self.epochs_completed = 0
         self.history: History | None = None
+        self.current_batch: Batch | None = None  # the batch being trained on, for callbacks that trace the module
         self.model = KerasModel(self)
 
     @property
@@ -259,27 +260,32 @@ class Trainer:
         model.stop_training = False
         callback_list.on_train_begin({})
         epoch_logs: dict[str, Any] = {}
-        for epoch in range(initial_epoch, epochs):
-            self.module.train()
-            self._reset_stateful_metrics()
-            callback_list.on_epoch_begin(epoch, {})
-            epoch_logs = {}
-            for step, batch in enumerate(train.epoch()):
-                logs = Logs(batch=step, size=batch.size)
-                callback_list.on_train_batch_begin(step, logs)
-                logs.update_raw(self.train_step(batch))
-                self.optimizer_steps += 1
-                callback_list.on_train_batch_end(step, logs)
-                if model.stop_training:
+        try:
+            for epoch in range(initial_epoch, epochs):
+                self.module.train()
+                self._reset_stateful_metrics()
+                callback_list.on_epoch_begin(epoch, {})
+                epoch_logs = {}
+                for step, batch in enumerate(train.epoch()):
+                    self.current_batch = batch
+                    logs = Logs(batch=step, size=batch.size)
+                    callback_list.on_train_batch_begin(step, logs)
+                    logs.update_raw(self.train_step(batch))
+                    self.optimizer_steps += 1
+                    callback_list.on_train_batch_end(step, logs)
+                    if model.stop_training:
+                        break
+                else:  # the epoch ran to its end: validate (Keras skips validation after a batch-level stop)
+                    if val is not None and should_validate(epoch):
+                        val_logs = self._test_loop(val, callback_list)
+                        epoch_logs.update(("val_" + key, value) for key, value in val_logs.items())
+                self.epochs_completed = epoch + 1
+                callback_list.on_epoch_end(epoch, epoch_logs)  # BaseLogger, first, adds the training averages
+                if model.stop_training or train.exhausted:
                     break
-            else:  # the epoch ran to its end: validate (Keras skips validation after a batch-level stop)
-                if val is not None and should_validate(epoch):
-                    val_logs = self._test_loop(val, callback_list)
-                    epoch_logs.update(("val_" + key, value) for key, value in val_logs.items())
-            self.epochs_completed = epoch + 1
-            callback_list.on_epoch_end(epoch, epoch_logs)  # BaseLogger, first, adds the training averages
-            if model.stop_training or train.exhausted:
-                break
+        except BaseException as error:
+            callback_list.on_train_error(error)  # callbacks release files and threads; Keras' hooks stay as they are
+            raise
         callback_list.on_train_end(epoch_logs)
         return history
 

@@ -14,6 +14,8 @@ from torchcb.callbacks.lambda_callback import LambdaCallback
 from torchcb.callbacks.lr import LearningRateScheduler, ReduceLROnPlateau
 from torchcb.callbacks.model_checkpoint import ModelCheckpoint
 from torchcb.callbacks.progbar import ProgbarLogger
+from torchcb.callbacks.remote_monitor import RemoteMonitor
+from torchcb.callbacks.tensorboard import TensorBoard
 from torchcb.callbacks.terminate_on_nan import TerminateOnNaN
 from torchcb.callbacks.torch_scheduler import TorchScheduler
 
@@ -29,6 +31,8 @@ __all__ = [
     "ModelCheckpoint",
     "ProgbarLogger",
     "ReduceLROnPlateau",
+    "RemoteMonitor",
+    "TensorBoard",
     "TerminateOnNaN",
     "TorchScheduler",
 ]

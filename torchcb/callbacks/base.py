@@ -29,6 +29,7 @@ HOOKS = (
     "on_predict_end",
     "on_predict_batch_begin",
     "on_predict_batch_end",
+    "on_train_error",
 )
 # A callback that overrides the alias takes part in the train-batch hook it aliases.
 _ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
@@ -110,6 +111,12 @@ class Callback:
 
     def on_predict_end(self, logs: dict | None = None) -> None:
         pass
+
+    def on_train_error(self, error: BaseException) -> None:
+        """torchcb's own hook: ``fit`` raised ``error`` and ``on_train_end`` will not run.
+
+        Callbacks that hold files or threads release them here; the error is re-raised after.
+        """
 
 
 def _overrides(callback: Any, hook: str) -> bool:
@@ -246,6 +253,10 @@ class CallbackList:
 
     def on_predict_end(self, logs: dict | None = None) -> None:
         self._call("on_predict_end", logs)
+
+    def on_train_error(self, error: BaseException) -> None:
+        for method in self._methods("on_train_error"):
+            method(error)
 
 
 _HIGHER_IS_BETTER_SUFFIXES = ("acc", "accuracy", "auc")

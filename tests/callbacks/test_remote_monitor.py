@@ -1,0 +1,136 @@
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_data, make_trainer
+from torchcb.callbacks import RemoteMonitor
+
+
+class Server:
+    """A real HTTP server on 127.0.0.1 that records every POST."""
+
+    def __init__(self, delay=0.0):
+        self.requests = []
+        self.release = threading.Event()
+        received = self.requests
+        release = self.release
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if delay:
+                    release.wait(delay)  # a slow server; the test releases it when it is done
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def test_json_mode_posts_the_keras_payload_once_per_epoch(server):
+    history = make_trainer().fit(
+        *make_data(8),
+        epochs=3,
+        verbose=0,
+        validation_split=0.25,
+        callbacks=[RemoteMonitor(root=server.root, send_as_json=True)],
+    )
+    assert len(server.requests) == 3
+    for epoch, request in enumerate(server.requests):
+        assert request["path"] == "/publish/epoch/end/"
+        assert request["headers"]["Content-Type"] == "application/json"
+        payload = json.loads(request["body"])
+        assert list(payload)[0] == "epoch" and payload["epoch"] == epoch
+        assert payload["loss"] == history.history["loss"][epoch]
+        assert payload["val_accuracy"] == history.history["val_accuracy"][epoch]
+
+
+def test_form_mode_with_custom_field_path_and_headers(server):
+    make_trainer().fit(
+        *make_data(8),
+        epochs=1,
+        verbose=0,
+        callbacks=[RemoteMonitor(root=server.root, path="/runs/7", field="payload", headers={"X-Token": "secret"})],
+    )
+    (request,) = server.requests
+    assert request["path"] == "/runs/7"
+    assert request["headers"]["X-Token"] == "secret"
+    assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    form = urllib.parse.parse_qs(request["body"].decode())
+    assert sorted(json.loads(form["payload"][0])) == ["accuracy", "epoch", "loss"]
+
+
+def test_numpy_values_are_made_plain_driven_by_hand(server):
+    monitor = RemoteMonitor(root=server.root, send_as_json=True)
+    monitor.on_epoch_end(4, {"loss": np.float32(1.0), "index": np.arange(1), "count": np.int64(3)})
+    payload = json.loads(server.requests[0]["body"])
+    assert payload == {"epoch": 4, "loss": 1.0, "index": 0, "count": 3}
+
+
+def test_an_unserialisable_value_fails_in_the_training_thread(server):
+    monitor = RemoteMonitor(root=server.root)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        monitor.on_epoch_end(0, {"loss": object()})
+
+
+def _refused_root():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there any more
+
+
+def test_a_refused_connection_warns_once_not_per_epoch_and_training_goes_on(recwarn):
+    root = _refused_root()
+    history = make_trainer().fit(*make_data(8), epochs=10, verbose=0, callbacks=[RemoteMonitor(root=root, timeout=2)])
+    assert len(history.epoch) == 10
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert (
+        len([m for m in messages if m.startswith(f"Warning: could not reach RemoteMonitor root server at {root}")]) == 1
+    )
+    assert [m for m in messages if m.startswith("RemoteMonitor: of 10 epochs, 10 posts")] != []
+
+
+def test_a_slow_server_does_not_slow_training_beyond_the_bounded_wait(recwarn):
+    slow = Server(delay=5.0)
+    try:
+        trainer = make_trainer()
+        x, y = make_data(8)
+        start = time.monotonic()
+        trainer.fit(x, y, epochs=10, verbose=0)
+        plain = time.monotonic() - start
+        start = time.monotonic()
+        history = trainer.fit(x, y, epochs=10, verbose=0, callbacks=[RemoteMonitor(root=slow.root, flush_timeout=1.0)])
+        with_monitor = time.monotonic() - start
+        assert len(history.epoch) == 10
+        assert with_monitor < plain + 1.0 + 1.0  # the 1 s flush wait, and a second of slack
+        assert 1 <= len(slow.requests) <= 2  # one post in flight when training ended; the rest dropped
+        messages = [str(w.message) for w in recwarn]
+        assert any("were dropped unsent (the server was slower than training)" in m for m in messages)
+    finally:
+        slow.close()

@@ -1,0 +1,217 @@
+"""RemoteMonitor: post every epoch's logs to an HTTP server, without ever stalling training."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchcb.callbacks.base import Callback
+from torchcb.distributed import is_main_process
+
+__all__ = ["RemoteMonitor"]
+
+_STOP = object()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+class RemoteMonitor(Callback):
+    """POSTs ``{"epoch": epoch, **logs}`` to ``root + path`` at the end of every epoch.
+
+    The payload is Keras 2's exactly: the 0-based epoch first, then every log value, numpy
+    and tensor scalars made plain. With ``send_as_json`` the body is that JSON object
+    (``Content-Type: application/json``); otherwise it is a form with the field ``field``
+    holding the JSON text.
+
+    Posting never stalls a training step: a background thread sends from a bounded queue,
+    each request with a ``timeout``. If the queue is full the oldest epoch waiting is
+    dropped. A dead or slow server warns once when it starts failing (again only after it
+    has answered in between) and once at the end of training with the count of failed
+    posts; training goes on. ``on_train_end`` waits at most ``flush_timeout`` seconds for
+    the posts still queued, then leaves them.
+
+    Args:
+        root: the server's root URL.
+        path: the path under ``root`` to post to.
+        field: the form field holding the JSON, when not ``send_as_json``.
+        headers: extra HTTP headers.
+        send_as_json: send the payload as a JSON body.
+        timeout: seconds each request may take.
+        flush_timeout: seconds ``on_train_end`` waits for queued posts.
+        queue_size: how many epochs may wait to be sent.
+
+    Example:
+        >>> from torchcb.callbacks import RemoteMonitor
+        >>> monitor = RemoteMonitor(root="http://localhost:9000", send_as_json=True)
+        >>> # trainer.fit(x, y, callbacks=[monitor])
+    """
+
+    def __init__(
+        self,
+        root: str = "http://localhost:9000",
+        path: str = "/publish/epoch/end/",
+        field: str = "data",
+        headers: dict[str, str] | None = None,
+        send_as_json: bool = False,
+        *,
+        timeout: float = 10.0,
+        flush_timeout: float = 5.0,
+        queue_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if timeout <= 0 or flush_timeout < 0 or queue_size <= 0:
+            raise ValueError("timeout and queue_size must be positive and flush_timeout >= 0.")
+        self.root = root
+        self.path = path
+        self.field = field
+        self.headers = headers
+        self.send_as_json = send_as_json
+        self.timeout = timeout
+        self.flush_timeout = flush_timeout
+        self.queue_size = queue_size
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._failed = 0
+        self._dropped = 0
+        self._abandon = threading.Event()
+        self._failing = False  # the server's state as last seen by the sender
+        self._warned_outage = False  # whether the current outage was warned about
+        self._last_error = ""
+
+    @property
+    def url(self) -> str:
+        return self.root + self.path
+
+    # ----------------------------------------------------------------- the sender thread
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        import requests
+
+        try:
+            if self.send_as_json:
+                response = requests.post(self.url, json=payload, headers=self.headers, timeout=self.timeout)
+            else:
+                response = requests.post(
+                    self.url, {self.field: json.dumps(payload)}, headers=self.headers, timeout=self.timeout
+                )
+            response.close()
+        except requests.exceptions.RequestException as error:
+            with self._lock:
+                self._failed += 1
+                self._failing = True
+                self._last_error = f"{type(error).__name__}: {error}"
+            return
+        with self._lock:
+            self._sent += 1
+            self._failing = False
+            self._warned_outage = False
+
+    def _run(self, abandon: threading.Event) -> None:
+        while True:
+            payload = self._queue.get()
+            if payload is _STOP or abandon.is_set():
+                return
+            self._send(payload)
+
+    def _warn_if_failing(self) -> None:
+        with self._lock:
+            failing, warned = self._failing, self._warned_outage
+            if failing:
+                self._warned_outage = True
+        if failing and not warned:
+            warnings.warn(
+                f"Warning: could not reach RemoteMonitor root server at {self.root} ({self._last_error}); "
+                "training goes on.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    # ----------------------------------------------------------------- hooks
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not is_main_process():
+            return
+        import requests  # noqa: F401  (fail now, with a clear ImportError, if it is missing)
+
+        with self._lock:
+            self._sent = self._failed = self._dropped = 0
+            self._failing = self._warned_outage = False
+        self._queue = queue.Queue(maxsize=self.queue_size)
+        self._abandon = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._abandon,), name="torchcb-RemoteMonitor", daemon=True
+        )
+        self._thread.start()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not is_main_process():
+            return
+        payload = {"epoch": epoch}
+        for key, value in (logs or {}).items():
+            payload[key] = _plain(value)
+        json.dumps(payload)  # an unserialisable value fails here, in the training thread, as in Keras
+        if self._thread is None:  # driven by hand without on_train_begin: send in place
+            self._send(payload)
+        else:
+            while True:
+                try:
+                    self._queue.put_nowait(payload)
+                    break
+                except queue.Full:
+                    try:  # drop the oldest epoch waiting
+                        self._queue.get_nowait()
+                        with self._lock:
+                            self._dropped += 1
+                    except queue.Empty:
+                        pass
+        self._warn_if_failing()
+
+    def _finish(self) -> None:
+        """Let the sender work through the queue for at most ``flush_timeout`` seconds."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        deadline = time.monotonic() + self.flush_timeout
+        try:
+            self._queue.put(_STOP, timeout=max(self.flush_timeout, 1e-3))
+            stop_queued = 1
+        except queue.Full:
+            stop_queued = 0
+        thread.join(max(deadline - time.monotonic(), 0.0))
+        if thread.is_alive():  # the server is too slow: drop what is left, the thread ends after its current post
+            self._abandon.set()
+            with self._lock:
+                self._dropped += max(self._queue.qsize() - stop_queued, 0)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if not is_main_process():
+            return
+        self._finish()
+        self._warn_if_failing()
+        with self._lock:
+            failed, dropped, total = self._failed, self._dropped, self._failed + self._sent + self._dropped
+        if failed or dropped:
+            warnings.warn(
+                f"RemoteMonitor: of {total} epochs, {failed} posts to {self.url} failed and {dropped} were dropped "
+                f"unsent (the server was slower than training).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def on_train_error(self, error: BaseException) -> None:
+        self._finish()
