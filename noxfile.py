@@ -26,3 +26,11 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".[examples]")
     for script in ("quickstart.py", "loss_history.py", "json_lines.py"):
         session.run("python", f"examples/{script}")
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """The kill -9 tests with 50 kills at random moments (the default test run makes 5)."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "tests/test_crash.py", env={"TORCHCB_KILL_TRIALS": "50"})

@@ -38,7 +38,7 @@ def test_a_malicious_pickle_is_refused_and_nothing_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"module": Payload()}, f)
+        pickle.dump({"module": Payload()}, f, protocol=2)
     with pytest.raises(ValueError, match="Refusing to load"):
         safe_load(path)
     assert not (tmp_path / "pwned").exists()

@@ -14,9 +14,15 @@ key                 value
 ``format_version``  ``1``
 ``module``          the module's ``state_dict``
 ``optimizer``       the optimizer's ``state_dict``
-``epoch``           the number of epochs completed (the ``initial_epoch`` to resume at)
+``epoch``           the epoch to resume at (epochs completed)
+``batch``           batches of that epoch already done (0 at an epoch's end)
 ``step``            optimizer steps taken (``model.optimizer.iterations``)
 ``rng``             ``python``, ``numpy``, ``torch`` and ``cuda`` random states
+``epoch_rng``       the random states at the start of the epoch (when ``batch`` > 0), to
+                    rebuild its batch order
+``callbacks``       each stateful callback's ``get_state()``, keyed by class name
+                    (``EarlyStopping``, ``EarlyStopping_1`` for a second one ...)
+``scaler``          the ``GradScaler`` state, when training uses one
 ==================  =====================================================================
 
 Example:
@@ -31,16 +37,27 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pickle
 import random
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "atomic_save", "safe_load", "rng_state", "set_rng_state", "check_writable"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "atomic_save",
+    "atomic_write",
+    "safe_load",
+    "rng_state",
+    "set_rng_state",
+    "check_writable",
+]
 
 FORMAT = "torchcb.checkpoint"
 FORMAT_VERSION = 1
@@ -59,15 +76,29 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` ``obj`` to ``path`` so that a crash leaves the old file or the new one."""
+def _remove_stale_temporaries(directory: str, name: str) -> None:
+    # A process killed mid-write (kill -9) leaves its temporary file: the next write of the
+    # same target removes it, so they never accumulate.
+    for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` with ``write(file)`` so that a crash leaves the old file or the new one.
+
+    A temporary file in the target's directory is written, flushed and fsynced, then
+    ``os.replace``d over the target and the directory fsynced; the temporary file is
+    removed if anything fails.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    _remove_stale_temporaries(directory, os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,6 +107,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

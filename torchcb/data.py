@@ -139,7 +139,12 @@ class Source:
     samples: int | None = None
     exhausted = False
 
-    def epoch(self) -> Iterator[Batch]:
+    def epoch(self, skip: int = 0) -> Iterator[Batch]:
+        """The batches of one epoch, leaving out the first ``skip``.
+
+        The epoch's batch order is drawn (and the skipped batches passed over) before this
+        returns, so a resumed run can restore its random state right after.
+        """
         raise NotImplementedError
 
 
@@ -166,15 +171,15 @@ class ArraySource(Source):
         self._fixed_steps = steps is not None
         self._stream: Iterator[Batch] | None = None
 
-    def _one_pass(self) -> Iterator[Batch]:
+    def _pass(self, skip: int = 0) -> Iterator[Batch]:
         n, size = self.num_samples, self.batch_size
-        order = torch.randperm(n, device=self.device) if self.shuffle else None
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            if order is None:
-                index: Any = slice(start, stop)
-            else:
-                index = order[start:stop]
+        order = torch.randperm(n, device=self.device) if self.shuffle else None  # drawn now, not lazily
+        return self._batches(order, range(skip * size, n, size))
+
+    def _batches(self, order: torch.Tensor | None, starts: range) -> Iterator[Batch]:
+        for start in starts:
+            stop = min(start + self.batch_size, self.num_samples)
+            index: Any = slice(start, stop) if order is None else order[start:stop]
 
             def take(t: torch.Tensor, index: Any = index) -> torch.Tensor:
                 return t[index]
@@ -188,16 +193,18 @@ class ArraySource(Source):
 
     def _forever(self) -> Iterator[Batch]:
         while True:
-            yield from self._one_pass()
+            yield from self._pass()
 
-    def epoch(self) -> Iterator[Batch]:
+    def epoch(self, skip: int = 0) -> Iterator[Batch]:
         if not self._fixed_steps:
-            return self._one_pass()
+            return self._pass(skip)
         # steps_per_epoch with arrays: a stream that continues (and reshuffles) across epochs
         if self._stream is None:
             self._stream = self._forever()
         stream = self._stream
-        return (next(stream) for _ in range(self.steps))  # type: ignore[arg-type]
+        for _ in range(skip):
+            next(stream)
+        return (next(stream) for _ in range(self.steps - skip))  # type: ignore[operator]
 
 
 def _unpack(element: Any, with_targets: bool) -> tuple[Any, Any, Any]:
@@ -277,30 +284,46 @@ class IterableSource(Source):
         size = int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else 1
         return Batch(x, y, sample_weight, size)
 
-    def epoch(self) -> Iterator[Batch]:
+    def epoch(self, skip: int = 0) -> Iterator[Batch]:
         if not self._fixed_steps:
-            for element in self.data:
-                yield self._move(element)
-            return
-        for _ in range(self.steps):  # type: ignore[arg-type]
-            if self._iterator is None:
-                self._iterator = iter(self.data)
-            try:
-                element = next(self._iterator)
-            except StopIteration:
-                self._iterator = None
-                if self._one_shot:
-                    self.exhausted = True
-                    warnings.warn(
-                        "Your input ran out of data; interrupting training. Make sure the generator yields at "
-                        "least steps_per_epoch * epochs batches.",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    return
-                self._iterator = iter(self.data)
-                element = next(self._iterator)
+            iterator = iter(self.data)
+            for _ in range(skip):  # a loader cannot jump: fetch and drop the batches already done
+                next(iterator, None)
+            return (self._move(element) for element in iterator)
+        for _ in range(skip):
+            if self._next_element() is _EXHAUSTED:
+                break
+        return self._fixed(self.steps - skip)  # type: ignore[operator]
+
+    def _next_element(self) -> Any:
+        """The next element of the stream that continues across epochs; a sentinel when it ran out."""
+        if self._iterator is None:
+            self._iterator = iter(self.data)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._iterator = None
+            if self._one_shot:
+                self.exhausted = True
+                return _EXHAUSTED
+            self._iterator = iter(self.data)
+            return next(self._iterator)
+
+    def _fixed(self, count: int) -> Iterator[Batch]:
+        for _ in range(count):
+            element = self._next_element()
+            if element is _EXHAUSTED:
+                warnings.warn(
+                    "Your input ran out of data; interrupting training. Make sure the generator yields at "
+                    "least steps_per_epoch * epochs batches.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return
             yield self._move(element)
+
+
+_EXHAUSTED = object()
 
 
 def _class_weight_fn(class_weight: dict[Any, float] | None, device: torch.device | str) -> Callable | None:

@@ -207,6 +207,22 @@ class EpochTotals:
             values.clear()
             sizes.clear()
 
+    def state(self) -> dict[str, Any]:
+        """The sums so far as plain numbers (one read), for a checkpoint."""
+        self._fold()
+        sums = dict(zip(self._sums, read_floats([torch.as_tensor(v) for v in self._sums.values()])))
+        last = dict(zip(self._last, read_floats([torch.as_tensor(v) for v in self._last.values()])))
+        return {"seen": self.seen, "sums": sums, "weights": dict(self._weights), "last": last}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], last_value: frozenset[str] | set[str] = frozenset()) -> EpochTotals:
+        totals = cls(last_value)
+        totals.seen = int(state["seen"])
+        totals._sums = {k: float(v) for k, v in state["sums"].items()}
+        totals._weights = {k: int(v) for k, v in state["weights"].items()}
+        totals._last = {k: float(v) for k, v in state["last"].items()}
+        return totals
+
     def result(self) -> dict[str, float]:
         """The averages (and last values), read back in one transfer."""
         self._fold()

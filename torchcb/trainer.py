@@ -16,7 +16,7 @@ import torch
 from torchcb.callbacks.base import CallbackList, check_callback
 from torchcb.callbacks.history import BaseLogger, History
 from torchcb.callbacks.progbar import ProgbarLogger
-from torchcb.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, rng_state, safe_load, set_rng_state
+from torchcb.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, check_writable, rng_state, safe_load, set_rng_state
 from torchcb.data import Batch, Source, is_array_input, make_source, split_arrays
 from torchcb.facade import KerasModel
 from torchcb.logs import EpochTotals, Logs
@@ -117,6 +117,13 @@ class Trainer:
         self.epochs_completed = 0
         self.history: History | None = None
         self.current_batch: Batch | None = None  # the batch being trained on, for callbacks that trace the module
+        self.batches_done = 0  # batches finished in the current epoch
+        self.scaler: Any = None  # a torch.amp.GradScaler, when mixed precision uses one
+        self._callback_list: CallbackList | None = None
+        self._epoch_rng: dict[str, Any] | None = None  # random state at the start of the current epoch
+        self._deferred: list[Any] = []
+        self._pending_resume: dict[str, Any] | None = None  # a loaded checkpoint the next fit resumes from
+        self._resume: dict[str, Any] | None = None  # the one this fit resumes from
         self.model = KerasModel(self)
 
     @property
@@ -257,22 +264,31 @@ class Trainer:
         # 2. Train.
         model = self.model
         self.history = model.history = history
+        self._callback_list = callback_list
         model.stop_training = False
         callback_list.on_train_begin({})
+        # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
+        start_epoch, skip = self._resume_point(callback_list, initial_epoch)
         epoch_logs: dict[str, Any] = {}
         try:
-            for epoch in range(initial_epoch, epochs):
+            for epoch in range(start_epoch, epochs):
                 self.module.train()
-                self._reset_stateful_metrics()
-                callback_list.on_epoch_begin(epoch, {})
+                if not skip:  # a run resumed mid-epoch began this epoch before it stopped
+                    self._reset_stateful_metrics()
+                    callback_list.on_epoch_begin(epoch, {})
                 epoch_logs = {}
-                for step, batch in enumerate(train.epoch()):
+                batches = self._epoch_batches(train, skip)
+                skip = 0
+                for step, batch in batches:
                     self.current_batch = batch
                     logs = Logs(batch=step, size=batch.size)
                     callback_list.on_train_batch_begin(step, logs)
                     logs.update_raw(self.train_step(batch))
                     self.optimizer_steps += 1
+                    self.batches_done = step + 1
                     callback_list.on_train_batch_end(step, logs)
+                    if self._deferred:
+                        self._run_deferred()  # full checkpoints asked for in this round
                     if model.stop_training:
                         break
                 else:  # the epoch ran to its end: validate (Keras skips validation after a batch-level stop)
@@ -280,14 +296,34 @@ class Trainer:
                         val_logs = self._test_loop(val, callback_list)
                         epoch_logs.update(("val_" + key, value) for key, value in val_logs.items())
                 self.epochs_completed = epoch + 1
+                self.batches_done = 0
                 callback_list.on_epoch_end(epoch, epoch_logs)  # BaseLogger, first, adds the training averages
+                self._run_deferred()
                 if model.stop_training or train.exhausted:
                     break
         except BaseException as error:
             callback_list.on_train_error(error)  # callbacks release files and threads; Keras' hooks stay as they are
             raise
+        finally:
+            self._deferred.clear()
+            self._callback_list = None
+            self.current_batch = None
         callback_list.on_train_end(epoch_logs)
         return history
+
+    def _epoch_batches(self, train: Source, skip: int) -> Any:
+        """``(index, batch)`` pairs for one epoch; with ``skip``, the rest of an epoch resumed mid-way."""
+        resume, self._resume = self._resume, None
+        if resume is not None and skip and resume.get("epoch_rng") is not None:
+            set_rng_state(resume["epoch_rng"])  # rebuild the interrupted epoch's batch order
+            self._epoch_rng = resume["epoch_rng"]
+            batches = train.epoch(skip)
+            set_rng_state(resume["rng"])  # then continue from the random state of the backup
+            return enumerate(batches, start=skip)
+        if resume is not None:
+            set_rng_state(resume["rng"])
+        self._epoch_rng = rng_state()
+        return enumerate(train.epoch(skip), start=skip)
 
     def _check_verbose(self, verbose: Any) -> int:
         if verbose == "auto":
@@ -474,37 +510,90 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
 
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)()
+
+    def defer(self, action: Any) -> None:
+        """Run ``action()`` once the current round of hooks has finished (at once outside ``fit``).
+
+        Full checkpoints use it, so they hold the state of every callback after it has seen
+        the epoch or batch, whatever the callback order.
+        """
+        if self._callback_list is None:
+            action()
+        else:
+            self._deferred.append(action)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The full training state, as ``model.save`` writes it (see ``torchcb.checkpoint``)."""
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epochs_completed,
+            "batch": self.batches_done,
+            "step": self.optimizer_steps,
+            "rng": rng_state(),
+            "callbacks": {},
+        }
+        if self.batches_done:
+            state["epoch_rng"] = self._epoch_rng
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self._callback_list is not None:
+            for key, callback in _keyed(self._callback_list):
+                get_state = getattr(callback, "get_state", None)
+                callback_state = get_state() if callable(get_state) else None
+                if callback_state is not None:
+                    state["callbacks"][key] = callback_state
+        return state
+
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write the full training state to ``path`` (see ``torchcb.checkpoint`` for the format)."""
-        atomic_save(
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "module": self.module.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epochs_completed,
-                "step": self.optimizer_steps,
-                "rng": rng_state(),
-            },
-            path,
-        )
+        """Write the full training state to ``path``; inside ``fit``, once the current hook round ends."""
+        check_writable(path, "checkpoint path")
+        self.defer(lambda: atomic_save(self.checkpoint_state(), path))
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
-        """Restore a checkpoint written by ``model.save``; returns the epoch to pass as ``initial_epoch``.
+        """Restore a full checkpoint (``model.save``, ``ModelCheckpoint``, ``BackupAndRestore``).
+
+        The module, the optimizer (and GradScaler) are restored at once; the next ``fit``
+        then resumes exactly where the checkpoint was written: at its epoch, mid-epoch at
+        its batch in the same batch order, with the random state and the state of every
+        callback of the same kind restored. Returns the epoch the next ``fit`` starts at.
 
         Example:
             >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
-            >>> # trainer.fit(x, y, epochs=10, initial_epoch=trainer.load_checkpoint("ckpt/last.pt"))
+            >>> # trainer.load_checkpoint("ckpt/last.pt"); trainer.fit(x, y, epochs=10, callbacks=[...])
         """
         state = safe_load(path, map_location=self.device)
         if not (isinstance(state, dict) and state.get("format") == FORMAT):
             raise ValueError(f"{os.fspath(path)!r} is not a full torchcb checkpoint (written by model.save).")
+        if state.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{os.fspath(path)!r} has format version {state['format_version']}; this torchcb reads up to {FORMAT_VERSION}."
+            )
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.epochs_completed = int(state["epoch"])
         self.optimizer_steps = int(state["step"])
-        set_rng_state(state["rng"])
+        self._pending_resume = state
         return self.epochs_completed
+
+    def _resume_point(self, callback_list: CallbackList, initial_epoch: int) -> tuple[int, int]:
+        """Apply a pending checkpoint to the callbacks; returns ``(epoch, batches to skip)``."""
+        state, self._pending_resume = self._pending_resume, None
+        self._resume = state
+        if state is None:
+            return initial_epoch, 0
+        saved = state.get("callbacks", {})
+        for key, callback in _keyed(callback_list):
+            if key in saved and callable(getattr(callback, "set_state", None)):
+                callback.set_state(saved[key])
+        return int(state["epoch"]), int(state.get("batch", 0))
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load module weights from ``save_weights`` output or from a full checkpoint."""
@@ -514,3 +603,15 @@ class Trainer:
         if not isinstance(state, dict):
             raise ValueError(f"{os.fspath(path)!r} holds no state_dict.")
         self.module.load_state_dict(state)
+
+
+def _keyed(callback_list: CallbackList) -> list[tuple[str, Any]]:
+    """Each callback with a key that finds it again in another run: its class name, numbered if repeated."""
+    counts: dict[str, int] = {}
+    keyed = []
+    for callback in callback_list:
+        name = type(callback).__name__
+        index = counts.get(name, 0)
+        counts[name] = index + 1
+        keyed.append((name if index == 0 else f"{name}_{index}", callback))
+    return keyed

@@ -6,6 +6,7 @@ Example:
     True
 """
 
+from torchcb.callbacks.backup_and_restore import BackupAndRestore
 from torchcb.callbacks.base import Callback, CallbackList
 from torchcb.callbacks.csv_logger import CSVLogger
 from torchcb.callbacks.early_stopping import EarlyStopping
@@ -20,6 +21,7 @@ from torchcb.callbacks.terminate_on_nan import TerminateOnNaN
 from torchcb.callbacks.torch_scheduler import TorchScheduler
 
 __all__ = [
+    "BackupAndRestore",
     "BaseLogger",
     "CSVLogger",
     "Callback",

@@ -64,6 +64,17 @@ class Callback:
     def set_model(self, model: Any) -> None:
         self.model = model
 
+    def get_state(self) -> dict[str, Any] | None:
+        """The state a full checkpoint keeps for this callback, or ``None`` if it has none.
+
+        Only tensors, numbers, strings, lists and dicts: checkpoints load with
+        ``weights_only=True``. Override it together with :meth:`set_state`.
+        """
+        return None
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned; called on resume after ``on_train_begin``."""
+
     def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         """Alias of ``on_train_batch_begin``, as in Keras."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from torchcb.callbacks.base import Callback
-from torchcb.checkpoint import check_writable
+from torchcb.checkpoint import atomic_write, check_writable
 from torchcb.distributed import is_main_process
 
 __all__ = ["CSVLogger"]
@@ -60,14 +61,15 @@ class CSVLogger(Callback):
         self.filename = os.fspath(filename)
         self.append = append
         self.keys: list[str] | None = None
-        self._write_header = True
+        self._resumed = False
+        self._first_write: str | None = "append" if append else "fresh"
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.keys = None
+        self._resumed = False
         if not is_main_process():
             return
         check_writable(self.filename, "CSVLogger filename")
-        os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
         header = ""
         if self.append and os.path.exists(self.filename):
             with open(self.filename, newline="") as f:
@@ -75,17 +77,28 @@ class CSVLogger(Callback):
         if header.strip():
             # keep the columns already in the file, so appended rows line up under them
             self.keys = next(csv.reader([header], delimiter=self.sep))[1:]
-            self._write_header = False
-        else:
-            self._write_header = True
-            if not self.append or os.path.exists(self.filename):
-                open(self.filename, "w").close()  # start the file afresh
+        self._first_write = "append" if self.append else "fresh"
+
+    def get_state(self) -> dict[str, Any]:
+        return {"keys": self.keys}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.keys = state["keys"]
+        self._resumed = True
 
     def _columns(self, logs: dict) -> list[str]:
         keys = set(logs)
         if self.params.get("do_validation"):
             keys |= {name for name in self.params.get("metrics", []) if name.startswith("val_")}
         return sorted(keys)
+
+    def _rows_before(self, epoch: int) -> list[list[str]]:
+        """The header and the rows of earlier epochs: a resumed run rewrites nothing twice."""
+        if not os.path.exists(self.filename):
+            return []
+        with open(self.filename, newline="") as f:
+            rows = list(csv.reader(f, delimiter=self.sep))
+        return rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epoch]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not is_main_process():
@@ -99,11 +112,23 @@ class CSVLogger(Callback):
 
         row = {"epoch": epoch}
         row.update((key, _handle_value(logs.get(key, "NA"))) for key in self.keys)
-        with open(self.filename, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch"] + self.keys, dialect=Dialect)
-            if self._write_header:
+        first, self._first_write = self._first_write, None
+        if first is not None and self._resumed:
+            # a resumed run: keep the rows of the epochs before this one, atomically
+            text = io.StringIO(newline="")
+            kept = self._rows_before(epoch)
+            csv.writer(text, dialect=Dialect).writerows(kept)
+            writer = csv.DictWriter(text, fieldnames=["epoch"] + self.keys, dialect=Dialect)
+            if not kept:
                 writer.writeheader()
-                self._write_header = False
+            writer.writerow(row)
+            atomic_write(self.filename, lambda f: f.write(text.getvalue().encode()))
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
+        with open(self.filename, "w" if first == "fresh" else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch"] + self.keys, dialect=Dialect)
+            if f.tell() == 0:
+                writer.writeheader()
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())

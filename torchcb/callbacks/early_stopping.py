@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from torchcb.callbacks.base import MonitorCallback
 
 __all__ = ["EarlyStopping"]
@@ -70,6 +72,26 @@ class EarlyStopping(MonitorCallback):
         self.best_epoch = 0
         self.best_weights = None
         self.reset_monitor()
+
+    def get_state(self) -> dict[str, Any]:
+        weights = self.best_weights
+        if weights is not None and not isinstance(weights, dict):  # numpy arrays from a Keras-style model
+            weights = [torch.as_tensor(w) for w in weights]
+        return {
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_weights": weights,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.wait = state["wait"]
+        self.stopped_epoch = state["stopped_epoch"]
+        self.best = state["best"]
+        self.best_epoch = state["best_epoch"]
+        weights = state["best_weights"]
+        self.best_weights = [w.numpy() for w in weights] if isinstance(weights, list) else weights
 
     def _record_weights(self) -> None:
         snapshot = getattr(self.model, "weights_snapshot", None)

@@ -48,6 +48,12 @@ class BaseLogger(Callback):
         else:
             self._totals.add(logs.items(), logs.get("size", 0), skip=("batch", "size"))
 
+    def get_state(self) -> dict[str, Any]:
+        return self._totals.state()  # the sums of the epoch so far, for a resume mid-epoch
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._totals = EpochTotals.from_state(state, self.stateful_metrics)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None or self._totals.seen == 0:
             return
@@ -80,6 +86,13 @@ class History(Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.epoch = []
+
+    def get_state(self) -> dict[str, Any]:
+        return {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.epoch = list(state["epoch"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}

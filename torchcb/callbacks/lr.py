@@ -171,6 +171,12 @@ class ReduceLROnPlateau(MonitorCallback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._reset()
 
+    def get_state(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.best, self.wait, self.cooldown_counter = state["best"], state["wait"], state["cooldown_counter"]
+
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 

@@ -107,6 +107,22 @@ class ModelCheckpoint(MonitorCallback):
         if "{" not in directory and is_main_process():
             check_writable(self.filepath, "ModelCheckpoint filepath")
 
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "epochs_since_last_save": self.epochs_since_last_save,
+            "batches_seen_since_last_save": self._batches_seen_since_last_save,
+            "last_batch_seen": self._last_batch_seen,
+            "current_epoch": self._current_epoch,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+        self.epochs_since_last_save = state["epochs_since_last_save"]
+        self._batches_seen_since_last_save = state["batches_seen_since_last_save"]
+        self._last_batch_seen = state["last_batch_seen"]
+        self._current_epoch = state["current_epoch"]
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._current_epoch = epoch
 

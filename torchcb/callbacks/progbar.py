@@ -201,6 +201,8 @@ class ProgbarLogger(Callback):
         else:
             size = logs.get("size", 1)
             values = {k: v for k, v in logs.items() if k not in ("batch", "size", "outputs")}
+        if self.progbar is None and self._in_fit:
+            self._start_bar()  # a run resumed mid-epoch has no on_epoch_begin for that epoch
         self.seen += 1 if self._count_steps else size
         if self.progbar is None or not self.progbar.dynamic or self.verbose != 1:
             return  # nothing is drawn before the end: keep nothing, read nothing

@@ -170,6 +170,23 @@ class TensorBoard(Callback):
 
     # ----------------------------------------------------------------- hooks
 
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "samples_seen": self._samples_seen,
+            "samples_seen_at_last_write": self._samples_seen_at_last_write,
+            "last_epoch_step": self._last_epoch_step,
+            "epoch_offset": self._epoch_offset,
+            "graph_written": self._graph_written,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._samples_seen = state["samples_seen"]
+        self._samples_seen_at_last_write = state["samples_seen_at_last_write"]
+        self._last_epoch_step = state["last_epoch_step"]
+        self._epoch_offset = state["epoch_offset"]
+        self._graph_written = state["graph_written"]
+        self._first_epoch_of_fit = False  # the resumed run continues the steps it had
+
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._first_epoch_of_fit = True
 

@@ -49,6 +49,12 @@ class TorchScheduler(Callback):
         self.interval = interval
         self.monitor = monitor or ("val_loss" if self.plateau else None)
 
+    def get_state(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+
     def on_train_begin(self, logs: dict | None = None) -> None:
         trainer = getattr(self.model, "trainer", None)
         if trainer is not None and self.scheduler.optimizer is not trainer.optimizer:

@@ -1,0 +1,173 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from tests.conftest import KerasStub
+from torchcb import Trainer
+from torchcb.callbacks import BackupAndRestore, Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TorchScheduler
+
+
+def _trainer():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    return Trainer(net, optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+
+
+def _data():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=generator)
+    return x, (x[:, 0] > 0).long()
+
+
+class InterruptAt(Callback):
+    """Raises once, after the given optimizer step, like a crash in the middle of training."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+        self.fired = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.fired and self.model.optimizer.iterations == self.step:
+            self.fired = True
+            raise RuntimeError("interrupted")
+
+
+def _fit(trainer, tmp_path, extra, name):
+    x, y = _data()
+    scheduler = TorchScheduler(torch.optim.lr_scheduler.StepLR(trainer.optimizer, step_size=1, gamma=0.9))
+    callbacks = [*extra, EarlyStopping(monitor="val_loss", patience=2), scheduler, CSVLogger(tmp_path / f"{name}.csv")]
+    return trainer.fit(x, y, batch_size=8, epochs=5, verbose=0, validation_split=0.25, callbacks=callbacks)
+
+
+@pytest.mark.parametrize("save_freq", ["epoch", 1, 4])
+@pytest.mark.parametrize("interrupt_at", [3, 6, 13, 20])
+def test_resume_after_an_exception_is_bitwise_equal_to_an_uninterrupted_fit(tmp_path, save_freq, interrupt_at):
+    reference = _trainer()
+    reference_history = _fit(reference, tmp_path, [], "reference")
+
+    trainer = _trainer()
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=save_freq)
+    interrupt = InterruptAt(interrupt_at)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit(trainer, tmp_path, [backup, interrupt], "resumed")
+    torch.manual_seed(1234)  # the resumed run restores every random state itself
+    history = _fit(_trainer(), tmp_path, [backup, interrupt], "resumed")
+
+    resumed = history.model.module if hasattr(history.model, "module") else None
+    assert resumed is not None
+    for key, value in reference.module.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    assert history.epoch == reference_history.epoch
+    assert history.history == reference_history.history
+    assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "reference.csv").read_text()
+    assert not (tmp_path / "backup").exists()
+
+
+def test_resume_from_a_model_checkpoint_with_one_call(tmp_path):
+    reference = _trainer()
+    _fit(reference, tmp_path, [], "reference")
+
+    first = _trainer()
+    with pytest.raises(RuntimeError):
+        _fit(first, tmp_path, [ModelCheckpoint(tmp_path / "last.pt"), InterruptAt(20)], "resumed")
+    second = _trainer()
+    assert second.load_checkpoint(tmp_path / "last.pt") == 3  # step 20 falls in the fourth epoch of 6 batches
+    _fit(second, tmp_path, [ModelCheckpoint(tmp_path / "last.pt")], "resumed")
+    for key, value in reference.module.state_dict().items():
+        assert torch.equal(second.module.state_dict()[key], value), key
+
+
+def test_full_checkpoint_holds_every_callback_state_after_the_round(tmp_path):
+    trainer = _trainer()
+    x, y = _data()
+    trainer.fit(
+        x,
+        y,
+        epochs=2,
+        batch_size=8,
+        verbose=0,
+        validation_split=0.25,
+        callbacks=[ModelCheckpoint(tmp_path / "m.pt"), EarlyStopping(patience=5), CSVLogger(tmp_path / "l.csv")],
+    )
+    from torchcb.checkpoint import safe_load
+
+    state = safe_load(tmp_path / "m.pt")
+    assert sorted(state["callbacks"]) == ["BaseLogger", "CSVLogger", "EarlyStopping", "History", "ModelCheckpoint"]
+    # written after History had recorded the epoch, though ModelCheckpoint comes first in the list
+    assert state["callbacks"]["History"]["epoch"] == [0, 1]
+    assert state["epoch"] == 2 and state["batch"] == 0
+
+
+def test_double_checkpoint_falls_back_to_the_previous_backup(tmp_path):
+    trainer = _trainer()
+    backup = BackupAndRestore(tmp_path / "backup", double_checkpoint=True, delete_checkpoint=False)
+    x, y = _data()
+    trainer.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[backup])
+    assert sorted(os.listdir(tmp_path / "backup")) == ["latest.pt", "latest.pt.bkp"]
+    (tmp_path / "backup" / "latest.pt").write_bytes(b"torn")
+    resumed = _trainer()
+    began = []
+
+    class Began(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            began.append(epoch)
+
+    with pytest.warns(RuntimeWarning, match="resuming from .*latest.pt.bkp"):
+        history = resumed.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[backup, Began()])
+    assert began == [1, 2]  # the .bkp copy was written after epoch 0
+    assert history.epoch == [0, 1, 2]  # the restored History goes on
+
+
+def test_user_files_in_the_backup_dir_are_kept(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    x, y = _data()
+    _trainer().fit(x, y, epochs=1, verbose=0, callbacks=[BackupAndRestore(tmp_path)])
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_malicious_backup_is_refused_and_nothing_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "backup").mkdir()
+    with open(tmp_path / "backup" / "latest.pt", "wb") as f:
+        pickle.dump({"format": "torchcb.checkpoint", "module": Payload()}, f, protocol=2)
+    steps = []
+    trainer = _trainer()
+    trainer.train_step = lambda batch: steps.append(1)
+    with pytest.raises(ValueError, match="Refusing to load"):
+        trainer.fit(*_data(), epochs=1, verbose=0, callbacks=[BackupAndRestore(tmp_path / "backup")])
+    assert not (tmp_path / "pwned").exists() and steps == []
+
+
+def test_an_unwritable_backup_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    steps = []
+    trainer = _trainer()
+    trainer.train_step = lambda batch: steps.append(1)
+    with pytest.raises(PermissionError, match=r"BackupAndRestore backup_dir: cannot write to .*file/backup"):
+        trainer.fit(*_data(), epochs=1, verbose=0, callbacks=[BackupAndRestore(blocker / "backup")])
+    assert steps == []
+
+
+@pytest.mark.parametrize("save_freq", ["batch", 0.15, 0, -3])
+def test_invalid_arguments(save_freq):
+    with pytest.raises(ValueError, match="Invalid value for argument save_freq"):
+        BackupAndRestore("dir", save_freq=save_freq)
+    with pytest.raises(ValueError, match="Empty `backup_dir` argument passed"):
+        BackupAndRestore("")
+
+
+def test_needs_torchcb_trainer(tmp_path):
+    callback = BackupAndRestore(tmp_path)
+    callback.set_model(KerasStub())
+    with pytest.raises(ValueError, match="needs torchcb's Trainer"):
+        callback.on_train_begin({})

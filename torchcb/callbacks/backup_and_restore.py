@@ -1,0 +1,150 @@
+"""BackupAndRestore: resume an interrupted ``fit`` exactly where its last backup left it."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import warnings
+from typing import Any
+
+from torchcb.callbacks.base import Callback
+from torchcb.checkpoint import atomic_save, atomic_write, check_writable
+from torchcb.distributed import is_main_process
+
+__all__ = ["BackupAndRestore"]
+
+
+class BackupAndRestore(Callback):
+    """Backs up the full training state, and restores it when ``fit`` starts again.
+
+    Each backup is a full torchcb checkpoint (module, optimizer, GradScaler, epoch, batch,
+    optimizer step, random states, and the state of every callback), written atomically
+    to ``backup_dir/latest.pt`` once every callback has seen the epoch (or batch). When a
+    later ``fit`` starts with a BackupAndRestore on the same directory — after an exception,
+    a kill, or a crash of the machine — it resumes there: at the next epoch, or mid-epoch
+    at the next batch in the same batch order, and ends with the same weights, History and
+    CSV rows as a run never interrupted (bitwise on the CPU, for in-memory arrays,
+    Datasets and DataLoaders).
+
+    Args:
+        backup_dir: the directory for the backup files.
+        save_freq: ``"epoch"`` to back up after every epoch, or a number of batches.
+        double_checkpoint: keep the previous backup as ``latest.pt.bkp`` and fall back to it
+            if the latest cannot be read.
+        delete_checkpoint: delete the backup files when training ends normally.
+
+    Example:
+        >>> from torchcb.callbacks import BackupAndRestore
+        >>> backup = BackupAndRestore(backup_dir="/tmp/backup", save_freq=100)
+        >>> # trainer.fit(x, y, epochs=10, callbacks=[backup])   # interrupted ...
+        >>> # trainer.fit(x, y, epochs=10, callbacks=[backup])   # ... resumes where it stopped
+    """
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+    ) -> None:
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq <= 0):
+            raise ValueError(
+                f"Invalid value for argument save_freq. Received: save_freq={save_freq!r}. "
+                "Expected either 'epoch' or a positive integer number of batches."
+            )
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.double_checkpoint = double_checkpoint
+        self.delete_checkpoint = delete_checkpoint
+        self._batches_since_backup = 0
+        self._last_batch_seen: int | None = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.backup_dir, "latest.pt")
+
+    @property
+    def backup_path(self) -> str:
+        return self.path + ".bkp"
+
+    def get_state(self) -> dict[str, Any]:
+        return {"batches_since_backup": self._batches_since_backup, "last_batch_seen": self._last_batch_seen}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._batches_since_backup = state["batches_since_backup"]
+        self._last_batch_seen = state["last_batch_seen"]
+
+    def _trainer(self) -> Any:
+        trainer = getattr(self.model, "trainer", None)
+        if trainer is None:
+            raise ValueError("BackupAndRestore needs torchcb's Trainer: self.model.trainer is missing.")
+        return trainer
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        check_writable(self.path, "BackupAndRestore backup_dir")
+        self._batches_since_backup = 0
+        self._last_batch_seen = None
+        trainer = self._trainer()
+        if os.path.exists(self.path):
+            try:
+                trainer.load_checkpoint(self.path)
+            except Exception as error:
+                if not (self.double_checkpoint and os.path.exists(self.backup_path)):
+                    raise
+                warnings.warn(
+                    f"BackupAndRestore could not read {self.path} ({error}); resuming from {self.backup_path}.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                trainer.load_checkpoint(self.backup_path)
+        elif self.double_checkpoint and os.path.exists(self.backup_path):
+            trainer.load_checkpoint(self.backup_path)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.save_freq == "epoch":
+            return
+        if self._last_batch_seen is None or batch <= self._last_batch_seen:
+            added = batch + 1  # a new epoch began
+        else:
+            added = batch - self._last_batch_seen
+        self._batches_since_backup += added
+        self._last_batch_seen = batch
+        if self._batches_since_backup >= self.save_freq:
+            self._batches_since_backup = 0
+            self._backup()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.save_freq == "epoch":
+            self._backup()
+
+    def _backup(self) -> None:
+        trainer = self._trainer()
+        trainer.defer(self._write)  # once every callback has seen this epoch or batch
+
+    def _write(self) -> None:
+        if not is_main_process():
+            return
+        state = self._trainer().checkpoint_state()
+        if self.double_checkpoint and os.path.exists(self.path):
+            with open(self.path, "rb") as f:
+                previous = f.read()
+            atomic_write(self.backup_path, lambda out: out.write(previous))
+        atomic_save(state, self.path)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if not (self.delete_checkpoint and is_main_process()):
+            return
+        # only the files BackupAndRestore writes: the directory may hold the user's own files
+        leftovers = glob.glob(os.path.join(glob.escape(self.backup_dir), ".latest.pt*.tmp"))
+        for name in [self.path, self.backup_path, *leftovers]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.backup_dir)  # only if now empty
+
+    def __repr__(self) -> str:
+        return f"BackupAndRestore({self.backup_dir!r}, save_freq={self.save_freq!r})"
