@@ -23,8 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,14 +42,17 @@ __all__ = [
 ]
 
 
-@dataclass
-class Batch:
+class Batch(NamedTuple):
     """One batch on the device: inputs, targets, per-sample weights and the sample count."""
 
     x: Any
     y: Any
     sample_weight: torch.Tensor | None
     size: int
+
+
+# Batches are built with tuple.__new__: a C call, where Batch(...) would run a Python frame per batch.
+_new_batch = tuple.__new__
 
 
 def tree_map(fn: Callable[[Any], Any], struct: Any) -> Any:
@@ -176,20 +178,32 @@ class ArraySource(Source):
         order = torch.randperm(n, device=self.device) if self.shuffle else None  # drawn now, not lazily
         return self._batches(order, range(skip * size, n, size))
 
+    # Shuffled batches are gathered this many at a time, then handed out as views: one
+    # gather on the device per chunk instead of one per batch, for a chunk's worth of memory.
+    chunk_batches = 64
+
     def _batches(self, order: torch.Tensor | None, starts: range) -> Iterator[Batch]:
-        for start in starts:
-            stop = min(start + self.batch_size, self.num_samples)
-            index: Any = slice(start, stop) if order is None else order[start:stop]
-
-            def take(t: torch.Tensor, index: Any = index) -> torch.Tensor:
-                return t[index]
-
-            yield Batch(
-                tree_map(take, self.x),
-                tree_map(take, self.y),
-                None if self.sample_weight is None else self.sample_weight[index],
-                stop - start,
-            )
+        size, n = self.batch_size, self.num_samples
+        step = size * self.chunk_batches
+        for chunk_start in range(starts.start, n, step):
+            chunk_stop = min(chunk_start + step, n)
+            if order is None:  # no shuffling: slices of the arrays themselves
+                index: Any = slice(chunk_start, chunk_stop)
+            else:
+                index = order[chunk_start:chunk_stop]
+            chunk_x = tree_map(lambda t, index=index: t[index], self.x)
+            chunk_y = tree_map(lambda t, index=index: t[index], self.y)
+            chunk_w = None if self.sample_weight is None else self.sample_weight[index]
+            plain = isinstance(chunk_x, torch.Tensor) and isinstance(chunk_y, torch.Tensor)
+            for start in range(0, chunk_stop - chunk_start, size):
+                stop = start + size
+                if plain:
+                    batch_x, batch_y = chunk_x[start:stop], chunk_y[start:stop]
+                else:
+                    batch_x = tree_map(lambda t, a=start, b=stop: t[a:b], chunk_x)
+                    batch_y = tree_map(lambda t, a=start, b=stop: t[a:b], chunk_y)
+                weights = None if chunk_w is None else chunk_w[start:stop]
+                yield _new_batch(Batch, (batch_x, batch_y, weights, min(stop, chunk_stop - chunk_start) - start))
 
     def _forever(self) -> Iterator[Batch]:
         while True:
@@ -282,7 +296,7 @@ class IterableSource(Source):
             sample_weight = self.weights_fn(y, sample_weight)
         leaves = _leaves(x)
         size = int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else 1
-        return Batch(x, y, sample_weight, size)
+        return _new_batch(Batch, (x, y, sample_weight, size))
 
     def epoch(self, skip: int = 0) -> Iterator[Batch]:
         if not self._fixed_steps:

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -76,14 +76,11 @@ class Logs(dict):
     Keys, ``len`` and ``in`` never touch the device. Any read of a value (indexing, ``get``,
     ``items``, ``values``, ``dict(logs)``, ``json.dumps(logs)``) reads every pending tensor
     back in one transfer and stores the floats, so later reads are plain dict reads.
-    :meth:`raw` gives the stored value without reading it back.
+    :meth:`raw` gives the stored value without reading it back. Construct it with plain
+    values and add device values with :meth:`update_raw`.
     """
 
-    __slots__ = ("_pending",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending = any(_is_scalar_tensor(v) for v in dict.values(self))
+    _pending = False  # a class default: building the logs of a batch costs what a dict costs
 
     def update_raw(self, values: Mapping[str, Any]) -> None:
         """Store values, tensors included, without reading anything back."""
@@ -158,43 +155,44 @@ class Logs(dict):
 class EpochTotals:
     """Size-weighted sums of per-batch values, kept on the device and read back once.
 
-    ``add(values, size)`` costs a few list appends; every ``fold_every`` batches the pending
-    tensors are folded into one running sum, so memory stays bounded on long epochs.
-    Keys in ``last_value`` keep their latest value instead of an average (stateful metrics).
+    ``add(values, size)`` costs one list append; every ``fold_every`` batches the pending
+    values are folded, key by key, into one running sum each, so memory stays bounded on
+    long epochs. Keys in ``last_value`` keep their latest value instead of an average
+    (stateful metrics); keys in ``skip`` are not summed.
     """
 
     fold_every = 256
 
-    def __init__(self, last_value: frozenset[str] | set[str] = frozenset()) -> None:
+    def __init__(self, last_value: frozenset[str] | set[str] = frozenset(), skip: tuple[str, ...] = ()) -> None:
         self.last_value = frozenset(last_value)
+        self.skip = frozenset(skip)
         self.seen = 0
-        self._pending: dict[str, list[Any]] = {}
-        self._sizes: dict[str, list[int]] = {}
+        self._pending: list[tuple[Mapping[str, Any], int]] = []
         self._sums: dict[str, Any] = {}
         self._weights: dict[str, int] = {}
         self._last: dict[str, Any] = {}
-        self._count = 0
 
-    def add(self, items: Iterable[tuple[str, Any]], size: int, skip: tuple[str, ...] = ()) -> None:
-        """Add one batch's ``(key, value)`` items, each weighted by ``size`` samples."""
+    def add(self, values: Mapping[str, Any], size: int) -> None:
+        """Add one batch's values, each weighted by ``size`` samples (nothing is read back)."""
         self.seen += size
-        for key, value in items:
-            if key in skip:
-                continue
-            if key in self.last_value:
-                self._last[key] = value
-                continue
-            self._pending.setdefault(key, []).append(value)
-            self._sizes.setdefault(key, []).append(size)
-        self._count += 1
-        if self._count % self.fold_every == 0:
+        self._pending.append((values, size))
+        if len(self._pending) >= self.fold_every:
             self._fold()
 
     def _fold(self) -> None:
-        for key, values in self._pending.items():
-            if not values:
-                continue
-            sizes = self._sizes[key]
+        by_key: dict[str, tuple[list[Any], list[int]]] = {}
+        for values, size in self._pending:
+            for key, value in dict.items(values):  # dict.items: never read Logs back here
+                if key in self.skip:
+                    continue
+                if key in self.last_value:
+                    self._last[key] = value
+                    continue
+                entry = by_key.setdefault(key, ([], []))
+                entry[0].append(value)
+                entry[1].append(size)
+        self._pending = []
+        for key, (values, sizes) in by_key.items():
             if all(isinstance(v, torch.Tensor) for v in values):
                 stacked = torch.stack([v.detach().reshape(()) for v in values]).to(torch.float64)
                 weights = torch.tensor(sizes, dtype=torch.float64, device=stacked.device)
@@ -204,8 +202,6 @@ class EpochTotals:
             previous = self._sums.get(key)
             self._sums[key] = partial if previous is None else previous + partial
             self._weights[key] = self._weights.get(key, 0) + sum(sizes)
-            values.clear()
-            sizes.clear()
 
     def state(self) -> dict[str, Any]:
         """The sums so far as plain numbers (one read), for a checkpoint."""
@@ -214,14 +210,13 @@ class EpochTotals:
         last = dict(zip(self._last, read_floats([torch.as_tensor(v) for v in self._last.values()])))
         return {"seen": self.seen, "sums": sums, "weights": dict(self._weights), "last": last}
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any], last_value: frozenset[str] | set[str] = frozenset()) -> EpochTotals:
-        totals = cls(last_value)
-        totals.seen = int(state["seen"])
-        totals._sums = {k: float(v) for k, v in state["sums"].items()}
-        totals._weights = {k: int(v) for k, v in state["weights"].items()}
-        totals._last = {k: float(v) for k, v in state["last"].items()}
-        return totals
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back the sums that :meth:`state` gave."""
+        self.seen = int(state["seen"])
+        self._pending = []
+        self._sums = {k: float(v) for k, v in state["sums"].items()}
+        self._weights = {k: int(v) for k, v in state["weights"].items()}
+        self._last = {k: float(v) for k, v in state["last"].items()}
 
     def result(self) -> dict[str, float]:
         """The averages (and last values), read back in one transfer."""

@@ -69,10 +69,27 @@ def _categorical_crossentropy(y_pred: torch.Tensor, y_true: torch.Tensor) -> tor
 
 
 def _sparse_categorical_crossentropy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(y_pred, _sparse_labels(y_pred, y_true), reduction="none")
+
+
+def _sparse_labels(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
     if y_true.dim() == y_pred.dim():  # (N, 1) labels, as Keras accepts
         y_true = y_true.squeeze(-1)
-    return F.cross_entropy(y_pred, y_true.long(), reduction="none")
+    return y_true if y_true.dtype == torch.long else y_true.long()
 
+
+# The batch-mean forms, used when samples are not weighted: one fused kernel, as a hand loop has.
+_MEAN_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": lambda p, t: F.mse_loss(p, _float_like(t, p)),
+    "mae": lambda p, t: F.l1_loss(p, _float_like(t, p)),
+    "binary_crossentropy": lambda p, t: F.binary_cross_entropy_with_logits(p, _float_like(t, p)),
+    "categorical_crossentropy": lambda p, t: F.cross_entropy(p, t.to(p.dtype)),
+    "sparse_categorical_crossentropy": lambda p, t: F.cross_entropy(
+        p, t if (t.dtype is torch.long and t.ndim == 1) else _sparse_labels(p, t)
+    ),
+}
+_MEAN_LOSSES["mean_squared_error"] = _MEAN_LOSSES["mse"]
+_MEAN_LOSSES["mean_absolute_error"] = _MEAN_LOSSES["mae"]
 
 _LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": _mse,
@@ -121,7 +138,7 @@ def resolve_loss(loss: Any) -> Loss:
         fn = _LOSSES.get(loss)
         if fn is None:
             raise ValueError(f"loss: unknown loss name {loss!r}; known names are {', '.join(KNOWN_LOSSES)}.")
-        return Loss(lambda y_pred, y_true: fn(y_pred, y_true).mean(), loss, fn)
+        return Loss(_MEAN_LOSSES[loss], loss, fn)
     if not callable(loss):
         raise ValueError(
             f"loss must be a Keras loss name ({', '.join(KNOWN_LOSSES)}) or a callable loss(y_pred, y_true), "

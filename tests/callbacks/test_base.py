@@ -87,3 +87,11 @@ def test_a_hook_set_on_the_instance_is_called():
 def test_callback_list_refuses_non_callbacks():
     with pytest.raises(ValueError, match=r"callbacks\[1\] must be a Callback instance, got int"):
         CallbackList([Callback(), 3])
+
+
+def test_an_empty_callback_list_takes_every_hook():
+    callbacks = CallbackList()
+    callbacks.on_train_begin()
+    callbacks.on_train_batch_end(0, {"loss": 1.0})
+    callbacks.on_epoch_end(0)
+    assert list(callbacks) == []

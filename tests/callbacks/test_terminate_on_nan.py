@@ -6,7 +6,8 @@ import torch
 
 from tests.conftest import Recorder
 from torchcb import Trainer
-from torchcb.callbacks import TerminateOnNaN
+from torchcb.callbacks import Callback, TerminateOnNaN
+from torchcb.logs import device_reads
 
 
 def _exploding_trainer():
@@ -19,17 +20,61 @@ def _data():
     return x, x * 3
 
 
-def test_stops_at_the_first_invalid_loss_and_ends_the_epoch(capsys):
+def _first_bad_batch(out):
+    return int(out.split("Batch ")[1].split(":")[0])
+
+
+def test_check_every_1_stops_at_the_first_invalid_loss_as_keras_does(capsys):
     trainer = _exploding_trainer()
     rec = Recorder()
-    history = trainer.fit(*_data(), batch_size=4, epochs=5, verbose=0, callbacks=[TerminateOnNaN(), rec])
+    history = trainer.fit(*_data(), batch_size=4, epochs=5, verbose=0, callbacks=[TerminateOnNaN(check_every=1), rec])
     out = capsys.readouterr().out
-    batch = int(out.split("Batch ")[1].split(":")[0])
+    batch = _first_bad_batch(out)
     assert f"Batch {batch}: Invalid loss, terminating training" in out
     assert rec.count("on_train_batch_end") == batch + 1
     assert len(history.history["loss"]) == 1
     loss = history.history["loss"][0]
     assert math.isnan(loss) or math.isinf(loss)
+
+
+def test_grouped_check_reports_the_first_bad_batch_and_stops_within_its_epoch(capsys):
+    trainer = _exploding_trainer()
+    rec = Recorder()
+    losses = []
+
+    class Losses(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            losses.append(logs["loss"])
+
+    history = trainer.fit(*_data(), batch_size=4, epochs=5, verbose=0, callbacks=[TerminateOnNaN(), rec, Losses()])
+    batch = _first_bad_batch(capsys.readouterr().out)
+    assert rec.count("on_train_batch_end") == 10  # the 10 batches of the epoch, under the 32 of a group
+    assert len(history.epoch) == 1 and batch < 10
+
+
+def test_a_bad_loss_in_the_last_batch_is_never_hidden(capsys):
+    class NanAtLast(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 9:
+                logs.update_raw({"loss": torch.tensor(float("nan"))})
+
+    net = torch.nn.Linear(1, 1)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.01), loss="mse", device="cpu")
+    x = np.ones((40, 1), dtype=np.float32)
+    history = trainer.fit(x, x, batch_size=4, epochs=3, verbose=0, callbacks=[NanAtLast(), TerminateOnNaN()])
+    assert "Batch 9: Invalid loss, terminating training" in capsys.readouterr().out
+    assert len(history.epoch) == 1
+
+
+def test_reads_back_once_per_group_of_batches():
+    net = torch.nn.Linear(1, 1)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.01), loss="mse", device="cpu")
+    x = np.ones((256, 1), dtype=np.float32)
+    with device_reads() as without:
+        trainer.fit(x, x, batch_size=4, epochs=1, verbose=0)
+    with device_reads() as with_callback:
+        trainer.fit(x, x, batch_size=4, epochs=1, verbose=0, callbacks=[TerminateOnNaN(check_every=16)])
+    assert with_callback.count - without.count == 64 // 16
 
 
 def test_raise_error_raises_and_no_train_end_runs():
@@ -50,3 +95,8 @@ def test_driven_by_hand_with_a_stub_model():
     assert not callback.model.stop_training
     callback.on_batch_end(1, {"loss": float("inf")})
     assert callback.model.stop_training
+
+
+def test_check_every_must_be_positive():
+    with pytest.raises(ValueError, match="check_every must be an int >= 1"):
+        TerminateOnNaN(check_every=0)

@@ -168,13 +168,14 @@ class CallbackList:
         self.queue_length = queue_length
         self.params: dict[str, Any] = {}
         self.model: Any = None
+        self._dispatch: dict[str, list[Any]] = {}  # hook name -> the bound methods that override it
         for callback in callbacks or []:
             self.append(callback)
 
     def append(self, callback: Any) -> None:
         check_callback(callback, f"callbacks[{len(self.callbacks)}]")
         self.callbacks.append(callback)
-        self._dispatch: dict[str, list[Any]] = {}
+        self._dispatch = {}
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params

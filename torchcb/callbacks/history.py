@@ -36,23 +36,25 @@ class BaseLogger(Callback):
     def __init__(self, stateful_metrics: Any = None) -> None:
         super().__init__()
         self.stateful_metrics = set(stateful_metrics or [])
-        self._totals = EpochTotals(self.stateful_metrics)
+        self._totals = self._new_totals()
+
+    def _new_totals(self) -> EpochTotals:
+        return EpochTotals(self.stateful_metrics, skip=("batch", "size"))
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._totals = EpochTotals(self.stateful_metrics)
+        self._totals = self._new_totals()
 
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        if isinstance(logs, Logs):  # leave the values on the device
-            self._totals.add(logs.raw_items(), logs.raw("size", 0), skip=("batch", "size"))
-        else:
-            self._totals.add(logs.items(), logs.get("size", 0), skip=("batch", "size"))
+        if logs:  # the values stay on the device, summed once the epoch ends
+            # torchcb's Logs are new every batch; a plain dict may be reused by its caller
+            self._totals.add(logs if isinstance(logs, Logs) else dict(logs), dict.get(logs, "size", 0))
 
     def get_state(self) -> dict[str, Any]:
         return self._totals.state()  # the sums of the epoch so far, for a resume mid-epoch
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._totals = EpochTotals.from_state(state, self.stateful_metrics)
+        self._totals = self._new_totals()
+        self._totals.restore(state)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None or self._totals.seen == 0:

@@ -195,8 +195,10 @@ class TensorBoard(Callback):
         self._epoch_batches = 0
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
         self._epoch_batches += 1
+        if self.update_freq == "epoch" and (self._graph_written or not self.write_graph):
+            return  # nothing is written per batch
+        logs = logs or {}
         raw = getattr(logs, "raw", logs.get)
         self._samples_seen += int(raw("size", 1))
         if self.write_graph and not self._graph_written:

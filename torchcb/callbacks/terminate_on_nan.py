@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import torch
 
 from torchcb.callbacks.base import Callback
+from torchcb.logs import Logs, read_floats
 
 __all__ = ["TerminateOnNaN"]
 
 
 class TerminateOnNaN(Callback):
-    """Stops training at the first batch whose ``loss`` is NaN or ±inf.
+    """Stops training at a batch whose ``loss`` is NaN or ±inf.
 
-    It prints ``Batch N: Invalid loss, terminating training`` and sets
-    ``model.stop_training``; the epoch still ends (``on_epoch_end`` runs) and training stops
-    after it.
+    It prints ``Batch N: Invalid loss, terminating training`` (N the first bad batch) and
+    sets ``model.stop_training``; the epoch still ends (``on_epoch_end`` runs) and training
+    stops after it.
+
+    The check runs on the device: the losses of ``check_every`` batches are tested
+    together and read back as one boolean, so a GPU is not synchronised every batch. The
+    price is a lag: training may go on for up to ``check_every - 1`` batches after the bad
+    one before it stops, but a bad loss is never missed: the pending batches are always
+    checked at the end of the epoch. Where something else already read the loss back (a
+    callback reading ``logs["loss"]``, or logs that are plain floats), the check is at once,
+    as in Keras.
 
     Args:
         raise_error: raise ``RuntimeError`` instead of stopping (Keras 3), so no further
             hook runs.
+        check_every: how many batches are checked together on the device; 1 checks every
+            batch, as Keras does.
 
     Example:
         >>> from torchcb.callbacks import TerminateOnNaN
@@ -27,15 +41,46 @@ class TerminateOnNaN(Callback):
         True
     """
 
-    def __init__(self, raise_error: bool = False) -> None:
+    def __init__(self, raise_error: bool = False, *, check_every: int = 32) -> None:
         super().__init__()
+        if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 1:
+            raise ValueError(f"check_every must be an int >= 1, got {check_every!r}.")
         self.raise_error = raise_error
+        self.check_every = check_every
+        self._pending: list[tuple[int, torch.Tensor]] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._pending = []
 
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        loss: Any = logs.raw("loss") if isinstance(logs, Logs) else logs.get("loss")
         if loss is None:
             return
-        loss = float(loss)
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._pending.append((batch, loss))  # checked on the device, with the next ones
+            if len(self._pending) >= self.check_every:
+                self._check_pending()
+            return
+        self._check_pending()
+        self._check(batch, float(loss))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._check_pending()  # no bad loss outlives its epoch
+
+    def _check_pending(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        losses = torch.stack([loss.detach().reshape(()).float() for _, loss in pending])
+        (all_finite,) = read_floats([torch.isfinite(losses).all().to(torch.float32)])
+        if all_finite:
+            return
+        finite = torch.isfinite(losses).tolist()
+        first = finite.index(False)
+        self._check(pending[first][0], float(losses[first]))
+
+    def _check(self, batch: int, loss: float) -> None:
         if math.isnan(loss) or math.isinf(loss):
             if self.raise_error:
                 raise RuntimeError(

@@ -1,0 +1,239 @@
+"""torchcb against a hand-written PyTorch loop: throughput ratio, final loss, peak memory.
+
+    python benchmarks/bench.py                 # W1 and W2, 5 alternating repeats
+    python benchmarks/bench.py --repeats 9 --workloads W1
+    python benchmarks/bench.py --device cuda   # on a GPU
+
+Every run is its own process (started before the clock, so imports are not timed), and
+the variants alternate within each repeat, so a slow moment of the machine hits them all.
+Throughput is training samples per second; the ratio is against the hand loop's median.
+The final loss of every torchcb variant must equal the hand loop's (same seed) to 1e-6.
+
+Workloads (one thread):
+    W1  MLP 32-64-10, 16384 samples, batch 32, 3 epochs   (overhead-bound)
+    W2  MLP 256-1024-1024-10, 8192 samples, batch 256, 2 epochs   (compute-bound)
+Variants:
+    hand      the hand-written loop (in-memory tensors, device permutation, Adam)
+    bare      Trainer.fit, verbose=0
+    verbose1  Trainer.fit, verbose=1, stdout a pipe (the default callbacks)
+    all       verbose=0 with every seed callback: EarlyStopping, ModelCheckpoint (each epoch),
+              CSVLogger, ReduceLROnPlateau, LearningRateScheduler, TensorBoard (per epoch, no
+              graph), TerminateOnNaN, a JSON-lines LambdaCallback, RemoteMonitor to a local server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+WORKLOADS = {
+    "W1": {"sizes": [32, 64, 10], "samples": 16384, "batch": 32, "epochs": 3},
+    "W2": {"sizes": [256, 1024, 1024, 10], "samples": 8192, "batch": 256, "epochs": 2},
+}
+VARIANTS = {"W1": ["hand", "bare", "verbose1", "all"], "W2": ["hand", "bare"]}
+TARGETS = {("W1", "bare"): 0.97, ("W1", "all"): 0.90, ("W2", "bare"): 0.99}
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _model(sizes, device):
+    import torch
+
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).to(device)
+
+
+def _hand_loop(net, optimizer, x, y, batch, epochs):
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    for _ in range(epochs):
+        net.train()
+        order = torch.randperm(n, device=x.device)
+        losses = []
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            xb, yb = x[index], y[index]
+            loss = F.cross_entropy(net(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        # one read per epoch, as a careful hand loop does (the workloads' batches are all full)
+        epoch_loss = torch.stack(losses).double().mean().item()
+    return epoch_loss
+
+
+def _seed_callbacks(directory, server_root):
+    import json as json_module
+
+    from torchcb.callbacks import (
+        CSVLogger,
+        EarlyStopping,
+        LambdaCallback,
+        LearningRateScheduler,
+        ModelCheckpoint,
+        ReduceLROnPlateau,
+        RemoteMonitor,
+        TensorBoard,
+        TerminateOnNaN,
+    )
+
+    json_log = open(os.path.join(directory, "loss_log.json"), "w", buffering=1)  # noqa: SIM115
+    return [
+        EarlyStopping(monitor="loss", patience=100),
+        ModelCheckpoint(os.path.join(directory, "weights.{epoch:02d}.pt")),
+        CSVLogger(os.path.join(directory, "log.csv")),
+        ReduceLROnPlateau(monitor="loss", patience=100),
+        LearningRateScheduler(lambda epoch, lr: lr),
+        TensorBoard(os.path.join(directory, "tb"), write_graph=False),
+        TerminateOnNaN(),
+        LambdaCallback(
+            on_epoch_end=lambda epoch, logs: json_log.write(
+                json_module.dumps({"epoch": epoch, "loss": logs["loss"]}) + "\n"
+            ),
+            on_train_end=lambda logs: json_log.close(),
+        ),
+        RemoteMonitor(root=server_root, send_as_json=True),
+    ]
+
+
+def run_one(workload: str, variant: str, device: str, server_root: str) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    spec = WORKLOADS[workload]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(spec["samples"], spec["sizes"][0], generator=generator).to(device)
+    y = torch.randint(0, spec["sizes"][-1], (spec["samples"],), generator=generator).to(device)
+    torch.manual_seed(0)
+    net = _model(spec["sizes"], device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    directory = tempfile.mkdtemp(prefix="torchcb-bench-")
+    if variant != "hand":
+        from torchcb import Trainer
+
+        trainer = Trainer(net, optimizer, loss="sparse_categorical_crossentropy", device=device)
+        callbacks = []
+        if variant == "all":
+            # one-off imports (TensorBoard's writer, RemoteMonitor's requests) are not training time
+            import requests  # noqa: F401
+            import torch.utils.tensorboard  # noqa: F401
+
+            callbacks = _seed_callbacks(directory, server_root)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    if variant == "hand":
+        final_loss = _hand_loop(net, optimizer, x, y, spec["batch"], spec["epochs"])
+    else:
+        history = trainer.fit(
+            x,
+            y,
+            batch_size=spec["batch"],
+            epochs=spec["epochs"],
+            verbose=1 if variant == "verbose1" else 0,
+            callbacks=callbacks,
+        )
+        final_loss = history.history["loss"][-1]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {"seconds": elapsed, "samples": spec["samples"] * spec["epochs"], "loss": final_loss, "peak_mib": peak}
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+def _serve_locally():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variants", nargs="+", help="run only these variants (the hand loop always runs)")
+    parser.add_argument("--one", nargs=3, metavar=("WORKLOAD", "VARIANT", "SERVER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], args.one[1], args.device, args.one[2])))
+        return 0
+
+    server, root = _serve_locally()
+    failures = []
+    try:
+        rows = []
+        for workload in args.workloads:
+            variants = [v for v in VARIANTS[workload] if v == "hand" or not args.variants or v in args.variants]
+            results: dict[str, list[dict]] = {v: [] for v in variants}
+            for _ in range(args.repeats):
+                for variant in variants:
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--device", args.device, "--one", workload, variant, root],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            hand = statistics.median(r["samples"] / r["seconds"] for r in results["hand"])
+            hand_loss = results["hand"][0]["loss"]
+            for variant, runs in results.items():
+                throughput = statistics.median(r["samples"] / r["seconds"] for r in runs)
+                ratio = throughput / hand
+                loss = runs[0]["loss"]
+                target = TARGETS.get((workload, variant))
+                ok = (target is None or ratio >= target) and abs(loss - hand_loss) <= 1e-6
+                if not ok:
+                    failures.append(f"{workload} {variant}")
+                rows.append((workload, variant, throughput, ratio, target, loss, max(r["peak_mib"] for r in runs)))
+    finally:
+        server.shutdown()
+
+    print(f"torchcb benchmark: {args.repeats} alternating runs each, median throughput, device {args.device}, 1 thread")
+    print("| workload | variant | samples/s | ratio to hand loop | target | final loss | peak memory (MiB) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for workload, variant, throughput, ratio, target, loss, peak in rows:
+        target_text = f"≥ {target:.2f}" if target else ""
+        print(
+            f"| {workload} | {variant} | {throughput:,.0f} | {ratio:.3f} | {target_text} | {loss:.6f} | {peak:,.0f} |"
+        )
+    if failures:
+        print("missed:", ", ".join(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
