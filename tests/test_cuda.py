@@ -42,3 +42,28 @@ def test_no_per_batch_sync_with_default_callbacks():
             trainer.fit(x.cuda(), y.cuda(), batch_size=64, epochs=1, verbose=0, shuffle=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_16_mixed_uses_a_grad_scaler_saved_in_checkpoints(tmp_path):
+    from torchcb.checkpoint import safe_load
+
+    net = torch.nn.Linear(8, 2)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", precision="16-mixed")
+    assert trainer.scaler is not None
+    x, y = torch.randn(64, 8), torch.randn(64, 2)
+    history = trainer.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    trainer.model.save(tmp_path / "full.pt")
+    assert "scaler" in safe_load(tmp_path / "full.pt")
+
+
+def test_bf16_mixed_on_cuda():
+    trainer = _trainer()
+    trainer_mixed = Trainer(
+        trainer.module,
+        torch.optim.Adam(trainer.module.parameters()),
+        loss="sparse_categorical_crossentropy",
+        precision="bf16-mixed",
+    )
+    x = torch.randn(64, 16)
+    assert trainer_mixed.predict(x).dtype == torch.bfloat16

@@ -178,13 +178,21 @@ class ArraySource(Source):
         order = torch.randperm(n, device=self.device) if self.shuffle else None  # drawn now, not lazily
         return self._batches(order, range(skip * size, n, size))
 
-    # Shuffled batches are gathered this many at a time, then handed out as views: one
-    # gather on the device per chunk instead of one per batch, for a chunk's worth of memory.
+    # Shuffled batches are gathered a chunk at a time, then handed out as views: one gather
+    # on the device per chunk instead of one per batch. A chunk is at most 64 batches and
+    # about 1 MiB, so it is still in cache when its batches are used.
     chunk_batches = 64
+    chunk_bytes = 2**20
+
+    def _chunk_samples(self) -> int:
+        leaves = _leaves(self.x) + _leaves(self.y)
+        bytes_per_sample = sum(t[:1].numel() * t.element_size() for t in leaves) or 1
+        batches = min(self.chunk_batches, max(1, self.chunk_bytes // (bytes_per_sample * self.batch_size)))
+        return batches * self.batch_size
 
     def _batches(self, order: torch.Tensor | None, starts: range) -> Iterator[Batch]:
         size, n = self.batch_size, self.num_samples
-        step = size * self.chunk_batches
+        step = self._chunk_samples()
         for chunk_start in range(starts.start, n, step):
             chunk_stop = min(chunk_start + step, n)
             if order is None:  # no shuffling: slices of the arrays themselves

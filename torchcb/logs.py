@@ -66,6 +66,15 @@ def read_floats(tensors: list[torch.Tensor]) -> list[float]:
     return torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist()
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Scalar tensors stacked into one vector, outside autograd."""
+    with torch.no_grad():
+        try:
+            return torch.stack(tensors)  # the usual case: 0-d tensors, one call
+        except RuntimeError:  # mixed shapes such as () and (1,)
+            return torch.stack([t.reshape(()) for t in tensors])
+
+
 def _is_scalar_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.numel() == 1
 
@@ -194,7 +203,7 @@ class EpochTotals:
         self._pending = []
         for key, (values, sizes) in by_key.items():
             if all(isinstance(v, torch.Tensor) for v in values):
-                stacked = torch.stack([v.detach().reshape(()) for v in values]).to(torch.float64)
+                stacked = _stack(values).to(torch.float64)
                 weights = torch.tensor(sizes, dtype=torch.float64, device=stacked.device)
                 partial: Any = (stacked * weights).sum()
             else:

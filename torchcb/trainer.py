@@ -7,6 +7,7 @@ logs hold them unread (see ``torchcb.logs``), and BaseLogger sums them on the de
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +24,9 @@ from torchcb.logs import EpochTotals, Logs
 from torchcb.metrics import resolve_loss, resolve_metrics
 
 __all__ = ["Trainer"]
+
+_PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+_NO_AUTOCAST = contextlib.nullcontext()
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -69,6 +73,15 @@ class Trainer:
             callables ``metric(y_pred, y_true)``, or stateful objects with
             ``update``/``compute``/``reset`` (torchmetrics metrics work).
         device: where to train; ``None`` picks CUDA when available, else the CPU.
+        precision: ``"32"``; ``"bf16-mixed"`` (autocast to bfloat16, CPU or CUDA); or
+            ``"16-mixed"`` (autocast to float16 with a GradScaler, CUDA only).
+        clipnorm: clip each gradient tensor to this norm (Keras' ``clipnorm``).
+        clipvalue: clip every gradient element to ``[-clipvalue, clipvalue]``.
+        global_clipnorm: clip all gradients together to this total norm.
+        accumulate_steps: batches whose gradients are summed before each optimizer step (the
+            loss is divided by it for the backward pass; the logged loss and metrics are the
+            batches' own, whatever its value). A last partial group steps at the epoch's end.
+        compile: run the module through ``torch.compile``; callbacks and logs stay outside it.
 
     Attributes:
         model: the Keras-shaped facade every callback sees (``torchcb.facade.KerasModel``).
@@ -96,6 +109,12 @@ class Trainer:
         metrics: Any = None,
         *,
         device: str | torch.device | None = None,
+        precision: str = "32",
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        accumulate_steps: int = 1,
+        compile: bool = False,  # noqa: A002  (the name users look for)
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
@@ -113,12 +132,33 @@ class Trainer:
         for metric in self.metric_objects:
             if metric.stateful:
                 metric.to(self.device)  # type: ignore[attr-defined]
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}.")
+        if precision == "16-mixed" and self.device.type != "cuda":
+            raise ValueError("precision='16-mixed' needs a CUDA device; use 'bf16-mixed' on the CPU.")
+        for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm)):
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}.")
+        if not isinstance(accumulate_steps, int) or isinstance(accumulate_steps, bool) or accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps must be an int >= 1, got {accumulate_steps!r}.")
+        self.precision = precision
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.accumulate_steps = accumulate_steps
+        self._accumulated = 0  # batches whose gradients wait for the next optimizer step
+        self._autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        self._module_call = torch.compile(module) if compile else module
+        self._plain_update = (
+            accumulate_steps == 1 and clipnorm is None and clipvalue is None and global_clipnorm is None
+        )
         self.optimizer_steps = 0
         self.epochs_completed = 0
         self.history: History | None = None
         self.current_batch: Batch | None = None  # the batch being trained on, for callbacks that trace the module
         self.batches_done = 0  # batches finished in the current epoch
-        self.scaler: Any = None  # a torch.amp.GradScaler, when mixed precision uses one
+        # a GradScaler keeps float16 gradients from underflowing
+        self.scaler: Any = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
+        self._plain_update = self._plain_update and self.scaler is None
+        self._fast_step = self._plain_update and self._autocast_dtype is None
         self._callback_list: CallbackList | None = None
         self._epoch_rng: dict[str, Any] | None = None  # random state at the start of the current epoch
         self._deferred: list[Any] = []
@@ -136,10 +176,56 @@ class Trainer:
     def forward(self, x: Any) -> Any:
         """Call the module: a list/tuple of inputs is spread as arguments, a dict as keywords."""
         if isinstance(x, dict):
-            return self.module(**x)
+            return self._module_call(**x)
         if isinstance(x, (list, tuple)):
-            return self.module(*x)
-        return self.module(x)
+            return self._module_call(*x)
+        return self._module_call(x)
+
+    def autocast(self) -> Any:
+        """The mixed-precision context of ``precision`` (a no-op for ``"32"``)."""
+        if self._autocast_dtype is None:
+            return _NO_AUTOCAST
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    def apply_gradients(self, loss: torch.Tensor) -> None:
+        """Backward pass, then clipping and the optimizer step (every ``accumulate_steps`` batches)."""
+        if self._plain_update:  # the common case, with nothing in between
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return
+        if self._accumulated == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.accumulate_steps > 1:
+            loss = loss / self.accumulate_steps
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self._accumulated += 1
+        if self._accumulated == self.accumulate_steps:
+            self.step_optimizer()
+
+    def step_optimizer(self) -> None:
+        """Clip the gradients gathered so far and take the optimizer step."""
+        if self._accumulated == 0:
+            return
+        self._accumulated = 0
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.clipvalue is not None:
+            torch._foreach_clamp_min_(grads, -self.clipvalue)
+            torch._foreach_clamp_max_(grads, self.clipvalue)
+        if self.clipnorm is not None and grads:  # each gradient tensor on its own, as Keras does
+            norms = torch._foreach_norm(grads)
+            scales = [torch.clamp(self.clipnorm / (norm + 1e-6), max=1.0) for norm in norms]
+            torch._foreach_mul_(grads, scales)
+        if self.global_clipnorm is not None and grads:
+            torch.nn.utils.clip_grad_norm_(params, self.global_clipnorm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
 
     def compute_loss(self, y_pred: Any, y_true: Any, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """The batch loss; with sample weights, the mean of the weighted per-sample losses."""
@@ -163,26 +249,34 @@ class Trainer:
         scalar device tensors, which become the batch logs.
         """
         x, y, sample_weight, _ = batch
-        # Direct calls for the common case (one tensor input, unweighted, no metrics): a small
-        # model's step is short, and every Python call around it shows in the throughput.
-        y_pred = self.module(x) if type(x) is torch.Tensor else self.forward(x)
-        loss = self.loss.fn(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self._fast_step:
+            # The default configuration, in direct calls: a small model's step is short, and
+            # every Python call around it shows in the throughput (see benchmarks/).
+            y_pred = self._module_call(x) if type(x) is torch.Tensor else self.forward(x)
+            loss = self.loss.fn(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        else:  # mixed precision, clipping or gradient accumulation
+            with self.autocast():
+                y_pred = self.forward(x)
+                loss = self.compute_loss(y_pred, y, sample_weight)
+            self.apply_gradients(loss)
         if not self.metric_objects:
             return {"loss": loss.detach()}
         return self.compute_metrics(y_pred, y, loss)  # metrics run under no_grad
 
     def test_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Loss and metrics on ``batch``, without gradients. Override like :meth:`train_step`."""
-        y_pred = self.forward(batch.x)
-        loss = self.compute_loss(y_pred, batch.y, batch.sample_weight)
+        with self.autocast():
+            y_pred = self.forward(batch.x)
+            loss = self.compute_loss(y_pred, batch.y, batch.sample_weight)
         return self.compute_metrics(y_pred, batch.y, loss)
 
     def predict_step(self, batch: Batch) -> Any:
         """The module's outputs for ``batch.x``."""
-        return self.forward(batch.x)
+        with self.autocast():
+            return self.forward(batch.x)
 
     def _reset_stateful_metrics(self) -> None:
         for metric in self.metric_objects:
@@ -297,10 +391,11 @@ class Trainer:
                         self._run_deferred()  # full checkpoints asked for in this round
                     if model.stop_training:
                         break
-                else:  # the epoch ran to its end: validate (Keras skips validation after a batch-level stop)
-                    if val is not None and should_validate(epoch):
-                        val_logs = self._test_loop(val, callback_list)
-                        epoch_logs.update(("val_" + key, value) for key, value in val_logs.items())
+                self.step_optimizer()  # a last, partial group of accumulated gradients
+                # Keras validates only an epoch that ran to its end, not after a batch-level stop
+                if val is not None and not model.stop_training and should_validate(epoch):
+                    val_logs = self._test_loop(val, callback_list)
+                    epoch_logs.update(("val_" + key, value) for key, value in val_logs.items())
                 self.epochs_completed = epoch + 1
                 self.batches_done = 0
                 callback_list.on_epoch_end(epoch, epoch_logs)  # BaseLogger, first, adds the training averages

@@ -62,6 +62,8 @@ class BackupAndRestore(Callback):
         self.delete_checkpoint = delete_checkpoint
         self._batches_since_backup = 0
         self._last_batch_seen: int | None = None
+        if save_freq != "epoch":  # only then does it listen to batches: an unused hook costs nothing
+            self.on_train_batch_end = self._on_train_batch_end
 
     @property
     def path(self) -> str:
@@ -104,9 +106,7 @@ class BackupAndRestore(Callback):
         elif self.double_checkpoint and os.path.exists(self.backup_path):
             trainer.load_checkpoint(self.backup_path)
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.save_freq == "epoch":
-            return
+    def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._last_batch_seen is None or batch <= self._last_batch_seen:
             added = batch + 1  # a new epoch began
         else:

@@ -230,11 +230,14 @@ class CallbackList:
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._call_batch("on_train_batch_end", batch, logs)
 
+    # The two hooks of every training batch loop directly over their methods.
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_train_batch_begin", batch, logs)
+        for method in self._dispatch.get("on_train_batch_begin") or self._methods("on_train_batch_begin"):
+            method(batch, {} if logs is None else logs)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_train_batch_end", batch, logs)
+        for method in self._dispatch.get("on_train_batch_end") or self._methods("on_train_batch_end"):
+            method(batch, {} if logs is None else logs)
 
     def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._call_batch("on_test_batch_begin", batch, logs)

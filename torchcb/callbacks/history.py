@@ -44,10 +44,12 @@ class BaseLogger(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._totals = self._new_totals()
 
-    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if logs:  # the values stay on the device, summed once the epoch ends
             # torchcb's Logs are new every batch; a plain dict may be reused by its caller
             self._totals.add(logs if isinstance(logs, Logs) else dict(logs), dict.get(logs, "size", 0))
+
+    on_batch_end = on_train_batch_end  # the Keras 2 name; fit calls the one above directly
 
     def get_state(self) -> dict[str, Any]:
         return self._totals.state()  # the sums of the epoch so far, for a resume mid-epoch

@@ -90,6 +90,8 @@ class ModelCheckpoint(MonitorCallback):
         self._last_batch_seen: int | None = None
         self._current_epoch = 0
         self.reset_monitor(initial_value_threshold)
+        if save_freq != "epoch":  # only then does it listen to batches: an unused hook costs nothing
+            self.on_train_batch_end = self._on_train_batch_end
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.reset_monitor(self.initial_value_threshold)
@@ -126,9 +128,7 @@ class ModelCheckpoint(MonitorCallback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._current_epoch = epoch
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.save_freq == "epoch":
-            return
+    def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # a batch index that does not grow means a new epoch began
         if self._last_batch_seen is None or batch <= self._last_batch_seen:
             added = batch + 1

@@ -195,17 +195,14 @@ class ProgbarLogger(Callback):
         self.progbar = Progbar(self.target, self.verbose, self.interval, self.stateful_metrics)
 
     def _batch_end(self, logs: dict) -> None:
-        if isinstance(logs, Logs):
-            size = logs.raw("size", 1)
-            values = {k: v for k, v in logs.raw_items() if k not in ("batch", "size")}
-        else:
-            size = logs.get("size", 1)
-            values = {k: v for k, v in logs.items() if k not in ("batch", "size", "outputs")}
+        size = dict.get(logs, "size", 1)  # dict.get: never reads device values back
+        self.seen += 1 if self._count_steps else size
         if self.progbar is None and self._in_fit:
             self._start_bar()  # a run resumed mid-epoch has no on_epoch_begin for that epoch
-        self.seen += 1 if self._count_steps else size
         if self.progbar is None or not self.progbar.dynamic or self.verbose != 1:
             return  # nothing is drawn before the end: keep nothing, read nothing
+        items = logs.raw_items() if isinstance(logs, Logs) else logs.items()
+        values = {k: v for k, v in items if k not in ("batch", "size", "outputs")}
         self._pending.append((values, size))
         if self.progbar.due(self.seen):
             self.progbar.update(self.seen, self._read_pending())

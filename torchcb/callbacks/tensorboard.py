@@ -128,6 +128,9 @@ class TensorBoard(Callback):
         self._graph_written = False
         self._epoch_start = 0.0
         self._epoch_batches = 0
+        if self.update_freq != "epoch" or write_graph or write_steps_per_second:
+            # only then does it listen to batches: an unused hook costs nothing
+            self.on_train_batch_end = self._on_train_batch_end
 
     # ----------------------------------------------------------------- writers
 
@@ -194,7 +197,7 @@ class TensorBoard(Callback):
         self._epoch_start = time.time()
         self._epoch_batches = 0
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+    def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._epoch_batches += 1
         if self.update_freq == "epoch" and (self._graph_written or not self.write_graph):
             return  # nothing is written per batch

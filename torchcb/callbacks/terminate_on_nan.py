@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from torchcb.callbacks.base import Callback
-from torchcb.logs import Logs, read_floats
+from torchcb.logs import _stack, read_floats
 
 __all__ = ["TerminateOnNaN"]
 
@@ -52,18 +52,19 @@ class TerminateOnNaN(Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._pending = []
 
-    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        loss: Any = logs.raw("loss") if isinstance(logs, Logs) else logs.get("loss")
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss: Any = dict.get(logs, "loss") if logs else None  # dict.get: the stored value, not read back
         if loss is None:
             return
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        if isinstance(loss, torch.Tensor):
             self._pending.append((batch, loss))  # checked on the device, with the next ones
             if len(self._pending) >= self.check_every:
                 self._check_pending()
             return
         self._check_pending()
         self._check(batch, float(loss))
+
+    on_batch_end = on_train_batch_end  # the Keras 2 name
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._check_pending()  # no bad loss outlives its epoch
@@ -72,7 +73,7 @@ class TerminateOnNaN(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        losses = torch.stack([loss.detach().reshape(()).float() for _, loss in pending])
+        losses = _stack([loss for _, loss in pending]).float()
         (all_finite,) = read_floats([torch.isfinite(losses).all().to(torch.float32)])
         if all_finite:
             return
