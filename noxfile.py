@@ -16,15 +16,15 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "torchcb", "tests", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "torchcb", "tests", "examples", "noxfile.py")
+    session.run("ruff", "check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
 
 
 @nox.session
 def examples(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[examples]")
-    for script in ("quickstart.py", "loss_history.py", "json_lines.py"):
+    for script in ("quickstart.py", "loss_history.py", "json_lines.py", "ddp.py"):
         session.run("python", f"examples/{script}")
 
 
@@ -34,3 +34,20 @@ def crash(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("pytest", "-q", "tests/test_crash.py", env={"TORCHCB_KILL_TRIALS": "50"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """torchcb against a hand-written loop (benchmarks/bench.py); not part of the tests."""
+    session.install(TORCH)
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
+def ddp(session: nox.Session) -> None:
+    """The distributed tests (2 processes under torchrun) and the torchrun example."""
+    session.install(TORCH)
+    session.install("-e", ".[test,examples]")
+    session.run("pytest", "-q", "tests/test_distributed.py")
+    session.run("torchrun", "--standalone", "--nproc_per_node=2", "examples/ddp.py")

@@ -42,3 +42,10 @@ def test_json_lines_seed_example_streams_one_object_per_epoch(tmp_path, capsys):
     assert [line["epoch"] for line in lines] == [0, 1, 2, 3, 4]
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert capsys.readouterr().out.startswith("0\n1\n2\n3\n0\n")
+
+
+def test_ddp_example_runs_as_a_plain_script_too(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    history = _load("ddp").main(str(tmp_path / "ddp"))
+    assert max(history["val_accuracy"]) >= 0.93
+    assert "1 process(es)" in capsys.readouterr().out

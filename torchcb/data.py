@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
 
 __all__ = [
     "Batch",
@@ -141,6 +141,9 @@ class Source:
     samples: int | None = None
     exhausted = False
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch; sharded sources draw that epoch's order from it."""
+
     def epoch(self, skip: int = 0) -> Iterator[Batch]:
         """The batches of one epoch, leaving out the first ``skip``.
 
@@ -161,22 +164,48 @@ class ArraySource(Source):
         batch_size: int,
         shuffle: bool,
         steps: int | None = None,
+        shard: tuple[int, int] | None = None,
+        pad: bool = True,
+        seed: int | None = None,
     ) -> None:
         self.x, self.y, self.sample_weight = x, y, sample_weight
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.num_samples = _length(x, "x")
-        self.samples = self.num_samples
         self.device = _leaves(x)[0].device
-        batches_per_pass = math.ceil(self.num_samples / batch_size)
+        # Under torchrun each rank takes every world-th sample of an order every rank draws
+        # alike (from a shared seed, per epoch); padding, as DistributedSampler pads, gives
+        # every rank the same number of steps.
+        self.shard, self.pad = shard, pad
+        self._generator = torch.Generator().manual_seed(seed or 0) if shard is not None else None
+        self._seed = seed or 0
+        if shard is None:
+            self.samples = self.num_samples
+        else:
+            rank, world = shard
+            self.samples = math.ceil(self.num_samples / world) if pad else len(range(rank, self.num_samples, world))
+        batches_per_pass = math.ceil(self.samples / batch_size)
         self.steps = steps if steps is not None else batches_per_pass
         self._fixed_steps = steps is not None
         self._stream: Iterator[Batch] | None = None
 
+    def set_epoch(self, epoch: int) -> None:
+        if self._generator is not None:
+            self._generator.manual_seed(self._seed + epoch)
+
+    def _order(self) -> torch.Tensor | None:
+        n = self.num_samples
+        if self.shard is None:
+            return torch.randperm(n, device=self.device) if self.shuffle else None
+        rank, world = self.shard
+        order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
+        if self.pad and n % world:
+            order = order.repeat(math.ceil(world / n) + 1)[: math.ceil(n / world) * world]
+        return order[rank::world].to(self.device)
+
     def _pass(self, skip: int = 0) -> Iterator[Batch]:
-        n, size = self.num_samples, self.batch_size
-        order = torch.randperm(n, device=self.device) if self.shuffle else None  # drawn now, not lazily
-        return self._batches(order, range(skip * size, n, size))
+        order = self._order()  # drawn now, not lazily
+        return self._batches(order, range(skip * self.batch_size, self.samples, self.batch_size))
 
     # Shuffled batches are gathered a chunk at a time, then handed out as views: one gather
     # on the device per chunk instead of one per batch. A chunk is at most 64 batches and
@@ -191,7 +220,7 @@ class ArraySource(Source):
         return batches * self.batch_size
 
     def _batches(self, order: torch.Tensor | None, starts: range) -> Iterator[Batch]:
-        size, n = self.batch_size, self.num_samples
+        size, n = self.batch_size, self.num_samples if order is None else order.numel()
         step = self._chunk_samples()
         for chunk_start in range(starts.start, n, step):
             chunk_stop = min(chunk_start + step, n)
@@ -287,6 +316,11 @@ class IterableSource(Source):
             except TypeError:
                 self.samples = None
         self._iterator: Iterator[Any] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.data, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)  # DistributedSampler reshuffles alike on every rank
 
     def _move(self, element: Any) -> Batch:
         x, y, sample_weight = _unpack(element, self.with_targets)
@@ -387,6 +421,9 @@ def array_source(
     sample_weight: Any = None,
     class_weight: dict | None = None,
     steps: int | None = None,
+    shard: tuple[int, int] | None = None,
+    pad: bool = True,
+    seed: int | None = None,
 ) -> ArraySource:
     """Move in-memory arrays to the device once and batch them there."""
     x_t = _to_arrays(x, device)
@@ -406,7 +443,7 @@ def array_source(
     class_weights = _class_weight_fn(class_weight, device)
     if class_weights is not None:
         weights = class_weights(y_t, weights)  # computed once for the whole array
-    return ArraySource(x_t, y_t, weights, batch_size, shuffle, steps)
+    return ArraySource(x_t, y_t, weights, batch_size, shuffle, steps, shard, pad, seed)
 
 
 def split_arrays(x: Any, y: Any, sample_weight: Any, validation_split: float) -> tuple[Any, Any]:
@@ -444,6 +481,9 @@ def make_source(
     class_weight: dict | None = None,
     with_targets: bool = True,
     steps_argument: str = "steps_per_epoch",
+    shard: tuple[int, int] | None = None,
+    pad: bool = True,
+    seed: int | None = None,
 ) -> Source:
     """Pick the source for ``x``: in-memory arrays, a Dataset/DataLoader, or an iterable."""
     if x is None:
@@ -464,6 +504,9 @@ def make_source(
             sample_weight=sample_weight,
             class_weight=class_weight,
             steps=steps,
+            shard=shard,
+            pad=pad,
+            seed=seed,
         )
     if y is not None:
         raise ValueError(f"y must not be given when x is a {type(x).__name__}: its batches hold the targets.")
@@ -475,8 +518,33 @@ def make_source(
         if batch_size is not None:
             raise ValueError("batch_size must not be given with a DataLoader: it batches the data itself.")
         data: Any = x
+        if (
+            shard is not None
+            and not isinstance(x.sampler, DistributedSampler)
+            and not isinstance(x.dataset, IterableDataset)
+        ):
+            data = DataLoader(  # the same loader, with each rank taking its share
+                x.dataset,
+                batch_size=x.batch_size,
+                sampler=DistributedSampler(
+                    x.dataset,
+                    num_replicas=shard[1],
+                    rank=shard[0],
+                    shuffle=isinstance(x.sampler, RandomSampler),
+                    seed=seed or 0,
+                    drop_last=False,
+                ),
+                num_workers=x.num_workers,
+                collate_fn=x.collate_fn,
+                pin_memory=x.pin_memory,
+                drop_last=x.drop_last,
+            )
     elif isinstance(x, Dataset):
-        data = DataLoader(x, batch_size=batch_size or 32, shuffle=shuffle and not isinstance(x, IterableDataset))
+        if shard is not None and not isinstance(x, IterableDataset):
+            sampler = DistributedSampler(x, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed or 0)
+            data = DataLoader(x, batch_size=batch_size or 32, sampler=sampler)
+        else:
+            data = DataLoader(x, batch_size=batch_size or 32, shuffle=shuffle and not isinstance(x, IterableDataset))
     elif hasattr(x, "__iter__") or hasattr(x, "__next__"):
         data = x
     else:

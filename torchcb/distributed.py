@@ -1,8 +1,15 @@
-"""Rank and world helpers, so that callbacks which write files act once per run.
+"""Rank and world helpers, and the few collectives torchcb makes under ``torchrun``.
 
-Under ``torchrun`` every process runs the same script; ``is_main_process()`` is true on
-rank 0 only, and ``rank_zero_only`` turns a function into a no-op on the other ranks. In a
-single process both behave as rank 0 of a world of one.
+Under ``torchrun`` every process runs the same script. torchcb initialises the process
+group from torchrun's environment (gloo on the CPU, nccl on CUDA), and agrees across ranks
+with a handful of small collectives: the epoch sums of the logs (one all-reduce an epoch),
+the stop decision (one a ``stop_check_every`` batches, and at epoch ends), and the shuffling
+seed (one a ``fit``). Nothing is added to the training step itself.
+
+``is_main_process()`` is true on rank 0 only, and ``rank_zero_only`` turns a function into a
+no-op on the other ranks: use them in your own callbacks that write files. In a single
+process both behave as rank 0 of a world of one. A ``Trainer`` joins torchrun's group when
+it is built; call ``init_from_env()`` to know the ranks before that.
 
 Example:
     >>> from torchcb.distributed import is_main_process, rank_zero_only
@@ -16,24 +23,41 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
-__all__ = ["get_rank", "get_world_size", "is_main_process", "rank_zero_only"]
+__all__ = [
+    "all_reduce_sum",
+    "any_rank",
+    "barrier",
+    "get_rank",
+    "get_world_size",
+    "init_from_env",
+    "is_main_process",
+    "rank_zero_only",
+    "shared_seed",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_group: Any = None  # the process group torchcb uses; None is the default group
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def get_rank() -> int:
-    """This process's rank in the default process group, or 0 without one."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank, or 0 without a process group."""
+    return dist.get_rank(_group) if _active() else 0
 
 
 def get_world_size() -> int:
-    """The number of processes in the default process group, or 1 without one."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """The number of processes, or 1 without a process group."""
+    return dist.get_world_size(_group) if _active() else 1
 
 
 def is_main_process() -> bool:
@@ -51,3 +75,59 @@ def rank_zero_only(function: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def init_from_env(process_group: Any = None) -> int | None:
+    """Join the run ``torchrun`` started, or use ``process_group``; returns the local rank, or None.
+
+    With ``WORLD_SIZE`` above 1 in the environment and no process group yet, the default
+    group is initialised (nccl when CUDA is available, else gloo) from torchrun's variables.
+    """
+    global _group
+    _group = process_group
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not _active() and world > 1:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if not _active() or get_world_size() == 1:
+        return None
+    return int(os.environ.get("LOCAL_RANK", get_rank() % max(torch.cuda.device_count(), 1)))
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend(_group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: list[Any]) -> list[float]:
+    """The sums of ``values`` (numbers or scalar tensors) over all ranks, read back once."""
+    from torchcb.logs import read_floats
+
+    device = _collective_device()
+    vector = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device).reshape(()) for v in values])
+    dist.all_reduce(vector, op=dist.ReduceOp.SUM, group=_group)
+    return read_floats(list(vector))
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on at least one rank (the same answer on every rank)."""
+    if get_world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_group)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in a single process)."""
+    if get_world_size() > 1:
+        dist.barrier(group=_group)
+
+
+def shared_seed() -> int:
+    """A seed drawn on rank 0 from torch's generator and given to every rank."""
+    seed = torch.randint(0, 2**62, (), dtype=torch.int64)
+    if get_world_size() > 1:
+        seed = seed.to(_collective_device())
+        dist.broadcast(seed, src=dist.get_global_rank(_group, 0) if _group is not None else 0, group=_group)
+    return int(seed.item())

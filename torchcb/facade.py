@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from torchcb.checkpoint import atomic_save
+from torchcb.distributed import is_main_process
 
 if TYPE_CHECKING:
     from torchcb.trainer import Trainer
@@ -311,7 +312,8 @@ class KerasModel:
     def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
         """Write the module's ``state_dict`` to ``filepath`` with an atomic ``torch.save``."""
         _check_overwrite(filepath, overwrite)
-        atomic_save(self.trainer.module.state_dict(), filepath)
+        if is_main_process():  # under torchrun, rank 0 writes
+            atomic_save(self.trainer.module.state_dict(), filepath)
 
     def load_weights(self, filepath: str | os.PathLike, **kwargs: Any) -> None:
         """Load module weights from a weights file or a full checkpoint (safely: no code runs)."""

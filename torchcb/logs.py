@@ -231,6 +231,13 @@ class EpochTotals:
         """The averages (and last values), read back in one transfer."""
         self._fold()
         out: dict[str, Any] = {}
+        from torchcb import distributed  # the one collective of an epoch's logs, under torchrun
+
+        if distributed.get_world_size() > 1:
+            keys = sorted(self._sums)
+            reduced = distributed.all_reduce_sum([self._sums[k] for k in keys] + [self._weights[k] for k in keys])
+            self._sums = dict(zip(keys, reduced[: len(keys)]))
+            self._weights = dict(zip(keys, reduced[len(keys) :]))
         for key, total in self._sums.items():
             weight = self._weights[key]
             out[key] = total / weight if weight else float("nan")

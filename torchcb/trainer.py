@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from torchcb import distributed
 from torchcb.callbacks.base import CallbackList, check_callback
 from torchcb.callbacks.history import BaseLogger, History
 from torchcb.callbacks.progbar import ProgbarLogger
@@ -82,6 +84,10 @@ class Trainer:
             loss is divided by it for the backward pass; the logged loss and metrics are the
             batches' own, whatever its value). A last partial group steps at the epoch's end.
         compile: run the module through ``torch.compile``; callbacks and logs stay outside it.
+        process_group: an initialised ``torch.distributed`` group to train over; by default
+            the one ``torchrun`` sets up (see "Distributed training" in the README).
+        stop_check_every: under torchrun, how many batches pass between the agreements on
+            ``stop_training`` (a one-number all-reduce; none is added to each step).
 
     Attributes:
         model: the Keras-shaped facade every callback sees (``torchcb.facade.KerasModel``).
@@ -115,13 +121,20 @@ class Trainer:
         global_clipnorm: float | None = None,
         accumulate_steps: int = 1,
         compile: bool = False,  # noqa: A002  (the name users look for)
+        process_group: Any = None,
+        stop_check_every: int = 32,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        local_rank = distributed.init_from_env(process_group)  # None in a single process
+        self.distributed = local_rank is not None
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+            if self.distributed and device == "cuda":
+                device = f"cuda:{local_rank}"  # each rank on its own GPU
+                torch.cuda.set_device(local_rank)
         self.device = torch.device(device)
         self.module = module.to(self.device)
         self.optimizer = optimizer
@@ -146,7 +159,18 @@ class Trainer:
         self.accumulate_steps = accumulate_steps
         self._accumulated = 0  # batches whose gradients wait for the next optimizer step
         self._autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        if not isinstance(stop_check_every, int) or isinstance(stop_check_every, bool) or stop_check_every < 1:
+            raise ValueError(f"stop_check_every must be an int >= 1, got {stop_check_every!r}.")
+        self.stop_check_every = stop_check_every
         self._module_call = torch.compile(module) if compile else module
+        # Training steps go through DistributedDataParallel under torchrun; evaluation and
+        # predict call the module itself, so ranks with uneven shards never wait on each other.
+        self._train_call = self._module_call
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._train_call = DistributedDataParallel(
+                self._module_call, device_ids=device_ids, process_group=process_group
+            )
         self._plain_update = (
             accumulate_steps == 1 and clipnorm is None and clipvalue is None and global_clipnorm is None
         )
@@ -173,13 +197,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- the steps
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Any, *, training: bool = False) -> Any:
         """Call the module: a list/tuple of inputs is spread as arguments, a dict as keywords."""
+        module = self._train_call if training else self._module_call
         if isinstance(x, dict):
-            return self._module_call(**x)
+            return module(**x)
         if isinstance(x, (list, tuple)):
-            return self._module_call(*x)
-        return self._module_call(x)
+            return module(*x)
+        return module(x)
 
     def autocast(self) -> Any:
         """The mixed-precision context of ``precision`` (a no-op for ``"32"``)."""
@@ -252,14 +277,14 @@ class Trainer:
         if self._fast_step:
             # The default configuration, in direct calls: a small model's step is short, and
             # every Python call around it shows in the throughput (see benchmarks/).
-            y_pred = self._module_call(x) if type(x) is torch.Tensor else self.forward(x)
+            y_pred = self._train_call(x) if type(x) is torch.Tensor else self.forward(x, training=True)
             loss = self.loss.fn(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
         else:  # mixed precision, clipping or gradient accumulation
             with self.autocast():
-                y_pred = self.forward(x)
+                y_pred = self.forward(x, training=True)
                 loss = self.compute_loss(y_pred, y, sample_weight)
             self.apply_gradients(loss)
         if not self.metric_objects:
@@ -335,6 +360,7 @@ class Trainer:
             )
         if validation_split and validation_data is None:
             (x, y, sample_weight), validation_data = split_arrays(x, y, sample_weight, validation_split)
+        shard = (distributed.get_rank(), distributed.get_world_size()) if self.distributed else None
         train = make_source(
             x,
             y,
@@ -344,6 +370,8 @@ class Trainer:
             steps=steps_per_epoch,
             sample_weight=sample_weight,
             class_weight=class_weight,
+            shard=shard,
+            seed=distributed.shared_seed() if self.distributed else None,
         )
         if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
             self.loss.per_sample(None, None)  # raises the explanation
@@ -370,6 +398,8 @@ class Trainer:
         # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
         start_epoch, skip = self._resume_point(callback_list, initial_epoch)
         epoch_logs: dict[str, Any] = {}
+        ranks = self.distributed  # under torchrun, ranks agree on stopping every stop_check_every batches
+        check_every = self.stop_check_every
         try:
             for epoch in range(start_epoch, epochs):
                 self.module.train()
@@ -377,6 +407,7 @@ class Trainer:
                     self._reset_stateful_metrics()
                     callback_list.on_epoch_begin(epoch, {})
                 epoch_logs = {}
+                train.set_epoch(epoch)
                 batches = self._epoch_batches(train, skip)
                 skip = 0
                 for step, batch in batches:
@@ -389,8 +420,13 @@ class Trainer:
                     callback_list.on_train_batch_end(step, logs)
                     if self._deferred:
                         self._run_deferred()  # full checkpoints asked for in this round
-                    if model.stop_training:
+                    if ranks:  # a stop asked on any rank takes effect at the next agreement
+                        if (step + 1) % check_every == 0 and self._agree_on_stop():
+                            break
+                    elif model.stop_training:
                         break
+                if ranks:
+                    self._agree_on_stop()  # every rank validates, or none does
                 self.step_optimizer()  # a last, partial group of accumulated gradients
                 # Keras validates only an epoch that ran to its end, not after a batch-level stop
                 if val is not None and not model.stop_training and should_validate(epoch):
@@ -400,6 +436,8 @@ class Trainer:
                 self.batches_done = 0
                 callback_list.on_epoch_end(epoch, epoch_logs)  # BaseLogger, first, adds the training averages
                 self._run_deferred()
+                if ranks:
+                    self._agree_on_stop()
                 if model.stop_training or train.exhausted:
                     break
         except BaseException as error:
@@ -426,6 +464,15 @@ class Trainer:
         self._epoch_rng = rng_state()
         return enumerate(train.epoch(skip), start=skip)
 
+    def _eval_shard(self) -> tuple[int, int] | None:
+        # Evaluation shards without padding: every sample counts once in the reduced averages.
+        return (distributed.get_rank(), distributed.get_world_size()) if self.distributed else None
+
+    def _agree_on_stop(self) -> bool:
+        """Under torchrun: stop everywhere if any rank asked to (one small all-reduce)."""
+        self.model.stop_training = distributed.any_rank(self.model.stop_training)
+        return self.model.stop_training
+
     def _check_verbose(self, verbose: Any) -> int:
         if verbose == "auto":
             return 1
@@ -448,6 +495,8 @@ class Trainer:
                 steps=steps,
                 sample_weight=weights,
                 steps_argument="validation_steps",
+                shard=self._eval_shard(),
+                pad=False,
             )
         if isinstance(validation_data, (tuple, list)) and len(validation_data) not in (2, 3):
             raise ValueError(
@@ -462,6 +511,8 @@ class Trainer:
             device=self.device,
             steps=steps,
             steps_argument="validation_steps",
+            shard=self._eval_shard(),
+            pad=False,
         )
 
     def _fit_callbacks(
@@ -557,6 +608,8 @@ class Trainer:
             steps=steps,
             sample_weight=sample_weight,
             steps_argument="steps",
+            shard=self._eval_shard(),
+            pad=False,
         )
         callback_list = self._inference_callbacks(callbacks, verbose, source, self.metrics_names)
         results = self._test_loop(source, callback_list)
@@ -653,6 +706,8 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write the full training state to ``path``; inside ``fit``, once the current hook round ends."""
+        if not distributed.is_main_process():
+            return  # rank 0 writes; every rank holds the same weights
         check_writable(path, "checkpoint path")
         self.defer(lambda: atomic_save(self.checkpoint_state(), path))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from torchcb.callbacks.base import Callback
 from torchcb.checkpoint import atomic_save, atomic_write, check_writable
-from torchcb.distributed import is_main_process
+from torchcb.distributed import barrier, is_main_process
 
 __all__ = ["BackupAndRestore"]
 
@@ -87,7 +87,9 @@ class BackupAndRestore(Callback):
         return trainer
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        check_writable(self.path, "BackupAndRestore backup_dir")
+        if is_main_process():
+            check_writable(self.path, "BackupAndRestore backup_dir")
+        barrier()  # under torchrun: rank 0 has finished writing before any rank reads
         self._batches_since_backup = 0
         self._last_batch_seen = None
         trainer = self._trainer()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from torchcb.callbacks.base import Callback
+from torchcb.distributed import is_main_process
 from torchcb.logs import Logs, read_floats
 
 __all__ = ["Progbar", "ProgbarLogger"]
@@ -189,7 +190,7 @@ class ProgbarLogger(Callback):
         steps, samples = self.params.get("steps"), self.params.get("samples")
         self.target = steps if (self.use_steps or samples is None) else samples
         self._count_steps = self.use_steps or samples is None
-        self.verbose = self.params.get("verbose", 1)
+        self.verbose = self.params.get("verbose", 1) if is_main_process() else 0  # rank 0 prints
         self.seen = 0
         self._pending: list[tuple[dict[str, Any], int]] = []
         self.progbar = Progbar(self.target, self.verbose, self.interval, self.stateful_metrics)

@@ -1,0 +1,93 @@
+"""Two real processes under torchrun, with gloo on 127.0.0.1 (see tests/ddp_worker.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "GLOO_SOCKET_IFNAME": "lo"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    single = subprocess.run([sys.executable, WORKER, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        WORKER,
+        str(out),
+    ]
+    # a hang fails the test at the timeout instead of blocking the suite
+    ddp = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return out, json.loads((out / "reference.json").read_text()), ranks, ddp.stdout
+
+
+def test_history_is_identical_on_both_ranks(runs):
+    _, _, ranks, _ = runs
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert sorted(ranks[0]["history"]) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+
+
+def test_one_set_of_files_and_one_progress_bar(runs):
+    out, _, _, stdout = runs
+    assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-1.pt", "ckpt-2.pt", "ckpt-3.pt"]
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and [r.split(",")[0] for r in rows[1:]] == [
+        "0",
+        "1",
+        "2",
+    ]
+    assert stdout.count("Epoch 1/3") == 1  # rank 0 prints
+    from torchcb.checkpoint import safe_load
+
+    state = safe_load(out / "ckpt-3.pt")  # a checkpoint from the 2-rank run loads in one process
+    assert set(state["module"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_weights_equal_single_process_training_on_the_same_global_batch(runs):
+    out, reference, ranks, _ = runs
+    single = torch.load(out / "weights_1_0.pt", weights_only=True)
+    for rank in (0, 1):
+        weights = torch.load(out / f"weights_2_{rank}.pt", weights_only=True)
+        for key, value in single.items():
+            assert torch.allclose(weights[key], value, atol=1e-6), key
+    for rank in (0, 1):
+        assert ranks[rank]["evaluate"] == pytest.approx(reference["evaluate"], rel=1e-5)
+        # predict runs the whole input on every rank, in input order
+        assert torch.allclose(torch.tensor(ranks[rank]["predict"]), torch.tensor(reference["predict"]), atol=1e-6)
+
+
+def test_early_stopping_stops_both_ranks_at_the_same_epoch(runs):
+    _, _, ranks, _ = runs
+    assert ranks[0]["early_stopping_epochs"] == ranks[1]["early_stopping_epochs"] == [0, 1]
+
+
+def test_a_stop_on_one_rank_stops_every_rank_without_a_hang(runs):
+    _, _, ranks, _ = runs
+    assert ranks[0]["stop_one_rank"] == ranks[1]["stop_one_rank"] == {"epochs": [0], "batches": 2}
+
+
+def test_backup_and_restore_resumes_a_two_rank_run(runs):
+    out, _, ranks, _ = runs
+    for rank in (0, 1):
+        resumed = ranks[rank]["resumed"]
+        assert resumed["began"] == [2, 3]  # the backup after epoch 1 is where both ranks resume
+        assert resumed["epochs"] == [0, 1, 2, 3]
+    assert ranks[0]["resumed"]["loss"] == ranks[1]["resumed"]["loss"]
+    assert not (out / "backup").exists()
