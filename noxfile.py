@@ -51,3 +51,12 @@ def ddp(session: nox.Session) -> None:
     session.install("-e", ".[test,examples]")
     session.run("pytest", "-q", "tests/test_distributed.py")
     session.run("torchrun", "--standalone", "--nproc_per_node=2", "examples/ddp.py")
+
+
+@nox.session
+def keras(session: nox.Session) -> None:
+    """Callbacks from the keras package itself (Keras 3 on the torch backend)."""
+    session.install(TORCH)
+    session.install("-e", ".[test,examples,keras]")
+    session.run("pytest", "-q", "tests/test_keras_callbacks.py", env={"KERAS_BACKEND": "torch"})
+    session.run("python", "examples/keras_callbacks.py", env={"KERAS_BACKEND": "torch"})

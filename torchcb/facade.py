@@ -253,6 +253,7 @@ class KerasModel:
         self.stop_training = False
         self.history: Any = None
         self.optimizer = KerasOptimizer(trainer.optimizer, trainer)
+        self._keras_metrics: Any = None
 
     @property
     def module(self) -> torch.nn.Module:
@@ -268,8 +269,24 @@ class KerasModel:
 
     @property
     def metrics(self) -> list[Any]:
-        """The compiled metrics, each with a ``name`` (and ``higher_is_better`` where known)."""
-        return list(self.trainer.metric_objects)
+        """The compiled metrics, each with a ``name`` (and ``higher_is_better`` where known).
+
+        When Keras callbacks are in use, a Keras ``MetricsList`` of the same metrics with
+        their direction follows, which Keras 3's ``mode="auto"`` reads.
+        """
+        metrics = list(self.trainer.metric_objects)
+        if self._keras_metrics is not None:
+            metrics.append(self._keras_metrics)
+        return metrics
+
+    def enable_keras_metrics(self) -> None:
+        """Add the Keras view of the metrics (imports keras; done when a Keras callback is passed)."""
+        if self._keras_metrics is None:
+            from torchcb.keras_interop import keras_metrics_view
+            from torchcb.metrics import Metric
+
+            loss = Metric(lambda p, t: p, "loss", higher_is_better=False)
+            self._keras_metrics = keras_metrics_view([loss, *self.trainer.metric_objects])
 
     @property
     def layers(self) -> list[Layer]:

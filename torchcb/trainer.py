@@ -22,6 +22,7 @@ from torchcb.callbacks.progbar import ProgbarLogger
 from torchcb.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, check_writable, rng_state, safe_load, set_rng_state
 from torchcb.data import Batch, Source, is_array_input, make_source, split_arrays
 from torchcb.facade import KerasModel
+from torchcb.keras_interop import KerasCallback, is_keras_callback, wrap_keras_callbacks
 from torchcb.logs import EpochTotals, Logs
 from torchcb.metrics import resolve_loss, resolve_metrics
 
@@ -524,23 +525,33 @@ class Trainer:
         user = list(callbacks or [])
         for index, callback in enumerate(user):
             check_callback(callback, f"callbacks[{index}]")
-        history = next((c for c in user if isinstance(c, History)), None)
+        history = next((c for c in user if isinstance(c, History) or _is_keras(c, "History")), None)
         if history is None:
             history = History()
         else:
             user.remove(history)  # a History passed in is used, last, and keeps accumulating
+        keras_progbar = any(_is_keras(c, "ProgbarLogger") for c in user)
+        user = self._with_keras_adapters(user)
         stateful = [m.name for m in self.metric_objects if m.stateful]
         ordered: list[Any] = []
         if not any(isinstance(c, BaseLogger) for c in user):
             ordered.append(BaseLogger(stateful_metrics=stateful))
-        if verbose and not any(isinstance(c, ProgbarLogger) for c in user):
+        if verbose and not keras_progbar and not any(isinstance(c, ProgbarLogger) for c in user):
             count_mode = (
                 "samples" if train.samples is not None and not getattr(train, "_fixed_steps", False) else "steps"
             )
             ordered.append(ProgbarLogger(count_mode=count_mode, stateful_metrics=stateful))
-        callback_list = CallbackList(ordered + user + [history])
+        last = KerasCallback(history) if is_keras_callback(history) else history
+        callback_list = CallbackList(ordered + user + [last])
         callback_list.set_model(self.model)
         return callback_list, history
+
+    def _with_keras_adapters(self, callbacks: list[Any]) -> list[Any]:
+        """Callbacks from the keras package run in an adapter (keras is imported only then)."""
+        if not any(is_keras_callback(c) for c in callbacks):
+            return callbacks
+        self.model.enable_keras_metrics()
+        return wrap_keras_callbacks(callbacks)
 
     def _test_loop(self, source: Source, callback_list: CallbackList) -> dict[str, float]:
         """Run the test hooks over ``source``; returns the size-weighted averages of the step's logs."""
@@ -567,8 +578,8 @@ class Trainer:
     def _inference_callbacks(self, callbacks: Any, verbose: int, source: Source, metrics: list[str]) -> CallbackList:
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise ValueError(f"callbacks must be a list of Callback instances, got {type(callbacks).__name__}.")
-        user = list(callbacks or [])
-        if verbose and not any(isinstance(c, ProgbarLogger) for c in user):
+        user = self._with_keras_adapters(list(callbacks or []))
+        if verbose and not any(isinstance(c, ProgbarLogger) or _is_keras(c, "ProgbarLogger") for c in user):
             user.append(ProgbarLogger(count_mode="steps"))
         callback_list = CallbackList(user)
         callback_list.set_model(self.model)
@@ -759,6 +770,11 @@ class Trainer:
         if not isinstance(state, dict):
             raise ValueError(f"{os.fspath(path)!r} holds no state_dict.")
         self.module.load_state_dict(state)
+
+
+def _is_keras(callback: Any, name: str) -> bool:
+    callback = getattr(callback, "callback", callback)  # inside its adapter
+    return is_keras_callback(callback) and any(k.__name__ == name for k in type(callback).__mro__)
 
 
 def _keyed(callback_list: CallbackList) -> list[tuple[str, Any]]:

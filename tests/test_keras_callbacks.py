@@ -1,0 +1,195 @@
+"""keras.callbacks objects (Keras 3, KERAS_BACKEND=torch) passed to Trainer.fit.
+
+Skipped when keras is not installed; `nox -s keras` (and .ci/run) install it and run these.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras", reason="keras is not installed (pip install 'torchcb[keras]')")
+if keras.backend.backend() != "torch":
+    pytest.skip("these tests need KERAS_BACKEND=torch", allow_module_level=True)
+
+from tests.callbacks.test_remote_monitor import Server  # noqa: E402
+from tests.conftest import make_data, make_trainer  # noqa: E402
+from torchcb.callbacks import Callback  # noqa: E402
+
+
+def _data(n=64):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, generator=generator)
+    return x, (x[:, 0] > 0).long()
+
+
+def test_early_stopping_in_auto_mode_restores_the_best_weights():
+    trainer = make_trainer(lr=0.5)
+    weights = []
+
+    class Snapshot(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            weights.append(trainer.model.get_weights())
+
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=2, restore_best_weights=True)
+    history = trainer.fit(
+        *_data(), batch_size=8, epochs=30, verbose=0, validation_split=0.5, callbacks=[stop, Snapshot()]
+    )
+    assert len(history.epoch) < 30 and stop.stopped_epoch > 0
+    best = stop.best_epoch
+    assert history.history["val_accuracy"][best] == max(history.history["val_accuracy"][: stop.stopped_epoch + 1])
+    assert all(np.array_equal(a, b) for a, b in zip(trainer.model.get_weights(), weights[best]))
+
+
+def test_reduce_lr_on_plateau_and_learning_rate_scheduler_set_the_torch_rate():
+    trainer = make_trainer(lr=0.1)
+    history = trainer.fit(
+        *_data(),
+        epochs=4,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5),
+            keras.callbacks.ReduceLROnPlateau(monitor="loss", min_delta=10.0, patience=0, factor=0.5),
+        ],
+    )
+    # the scheduler halves at every epoch's start; the plateau halves at every epoch's end after
+    # the first, after logging the rate the epoch ran with
+    assert history.history["learning_rate"] == pytest.approx([0.05, 0.025, 0.00625, 0.0015625])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.00078125)
+
+
+def test_model_checkpoint_writes_torch_files_that_load_back(tmp_path):
+    trainer = make_trainer()
+    x, y = _data()
+    trainer.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        validation_split=0.25,
+        callbacks=[
+            keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_loss", save_best_only=True),
+            keras.callbacks.ModelCheckpoint(str(tmp_path / "last.weights.h5"), save_weights_only=True),
+        ],
+    )
+    saved = trainer.model.get_weights()
+    fresh = make_trainer()
+    fresh.model.load_weights(tmp_path / "last.weights.h5")
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.model.get_weights(), saved))
+    fresh.model.load_weights(tmp_path / "best.keras")  # a full torchcb checkpoint under a Keras name
+    with pytest.raises(ValueError, match="must end in `.keras`"):
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "model.pt"))
+
+
+def test_csv_logger_history_lambda_and_terminate_on_nan(tmp_path):
+    seen = []
+    history = keras.callbacks.History()
+    trainer = make_trainer()
+    returned = trainer.fit(
+        *_data(),
+        epochs=3,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, sorted(logs)))),
+            keras.callbacks.TerminateOnNaN(),
+            history,
+        ],
+    )
+    assert returned is history and len(history.history["loss"]) == 3
+    assert seen == [(e, ["accuracy", "loss"]) for e in range(3)]
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    # Keras 3's own CSVLogger adds val_ columns (NA) even without validation, as it does in Keras
+    assert rows[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(rows) == 4
+    assert float(rows[3].split(",")[2]) == pytest.approx(history.history["loss"][2])
+    assert rows[3].split(",")[3:] == ["NA", "NA"]
+
+
+def test_terminate_on_nan_stops_training():
+    net = torch.nn.Linear(1, 1)
+    from torchcb import Trainer
+
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=1e30), loss="mse", device="cpu")
+    x = np.full((40, 1), 1e10, dtype=np.float32)
+    history = trainer.fit(x, x, batch_size=4, epochs=5, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.epoch) == 1
+
+
+def test_keras_progbar_replaces_torchcb_s(capsys):
+    make_trainer().fit(*_data(), epochs=1, verbose=1, callbacks=[keras.callbacks.ProgbarLogger()])
+    out = capsys.readouterr().out
+    assert "━" in out  # Keras 3's bar, and only one bar
+    assert "[====" not in out
+
+
+def test_remote_monitor_posts_the_payload():
+    server = Server()
+    try:
+        history = make_trainer().fit(
+            *_data(),
+            epochs=2,
+            verbose=0,
+            callbacks=[keras.callbacks.RemoteMonitor(root=server.root, send_as_json=True)],
+        )
+    finally:
+        server.close()
+    payloads = [json.loads(r["body"]) for r in server.requests]
+    assert [p["epoch"] for p in payloads] == [0, 1]
+    assert payloads[1]["loss"] == pytest.approx(history.history["loss"][1])
+
+
+def test_a_users_keras_callback_sees_model_params_and_logs():
+    seen = {}
+
+    class Mine(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["params"] = dict(self.params)
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.setdefault("batch_keys", sorted(logs))
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            seen["weights"] = len(self.model.get_weights())
+            self.model.stop_training = True
+
+    history = make_trainer().fit(*make_data(16), batch_size=4, epochs=5, verbose=0, callbacks=[Mine()])
+    assert seen["params"]["epochs"] == 5 and seen["params"]["steps"] == 4
+    assert seen["batch_keys"] == ["accuracy", "loss"]  # Keras 3 batch logs: no batch or size keys
+    assert seen["lr"] == pytest.approx(0.05) and seen["weights"] == 4
+    assert history.epoch == [0]
+
+
+def test_tensorboard_points_to_torchcb_s_own():
+    with pytest.raises(ValueError, match="use torchcb.callbacks.TensorBoard"):
+        make_trainer().fit(*make_data(8), verbose=0, callbacks=[keras.callbacks.TensorBoard()])
+
+
+def test_keras_is_imported_only_when_a_keras_callback_is_passed():
+    code = (
+        "import sys, torch; from torchcb import Trainer; from torchcb.callbacks import EarlyStopping; "
+        "net = torch.nn.Linear(2, 1); t = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss='mse'); "
+        "t.fit(torch.randn(8, 2), torch.randn(8, 1), verbose=0, callbacks=[EarlyStopping(monitor='loss')]); "
+        "print('keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_keras_example_runs(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "keras_callbacks.py")
+    spec = importlib.util.spec_from_file_location("keras_callbacks_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    history = module.main(str(tmp_path / "keras"))
+    assert max(history["val_accuracy"]) >= 0.95
+    assert "best val_accuracy" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "keras").iterdir()) == ["best.keras", "log.csv"]
