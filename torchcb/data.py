@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
 
+from torchcb._checks import is_int
+
 __all__ = [
     "Batch",
     "Source",
@@ -488,9 +490,9 @@ def make_source(
     """Pick the source for ``x``: in-memory arrays, a Dataset/DataLoader, or an iterable."""
     if x is None:
         raise ValueError("x is required: pass arrays, tensors, a Dataset, a DataLoader or a generator.")
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
+    if steps is not None and (not is_int(steps) or steps <= 0):
         raise ValueError(f"{steps_argument} must be a positive int or None, got {steps!r}.")
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0):
+    if batch_size is not None and (not is_int(batch_size) or batch_size <= 0):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
     if is_array_input(x):
         if with_targets and y is None:

@@ -16,6 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from torchcb import distributed
+from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import CallbackList, check_callback
 from torchcb.callbacks.history import BaseLogger, History
 from torchcb.callbacks.progbar import ProgbarLogger
@@ -32,19 +33,11 @@ _PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 _NO_AUTOCAST = contextlib.nullcontext()
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return value
-
-
 def _validation_schedule(validation_freq: Any) -> Any:
     """A predicate on the 0-based epoch: does validation run after it? (Keras counts from 1.)"""
-    if isinstance(validation_freq, int) and not isinstance(validation_freq, bool) and validation_freq >= 1:
+    if is_int(validation_freq) and validation_freq >= 1:
         return lambda epoch: (epoch + 1) % validation_freq == 0
-    if isinstance(validation_freq, (list, tuple, set, range)) and all(
-        isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in validation_freq
-    ):
+    if isinstance(validation_freq, (list, tuple, set, range)) and all(is_int(e) and e >= 1 for e in validation_freq):
         epochs = set(validation_freq)
         return lambda epoch: (epoch + 1) in epochs
     raise ValueError(
@@ -153,15 +146,13 @@ class Trainer:
         for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm)):
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}.")
-        if not isinstance(accumulate_steps, int) or isinstance(accumulate_steps, bool) or accumulate_steps < 1:
-            raise ValueError(f"accumulate_steps must be an int >= 1, got {accumulate_steps!r}.")
+        check_int(accumulate_steps, "accumulate_steps", 1)
         self.precision = precision
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.accumulate_steps = accumulate_steps
         self._accumulated = 0  # batches whose gradients wait for the next optimizer step
         self._autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-        if not isinstance(stop_check_every, int) or isinstance(stop_check_every, bool) or stop_check_every < 1:
-            raise ValueError(f"stop_check_every must be an int >= 1, got {stop_check_every!r}.")
+        check_int(stop_check_every, "stop_check_every", 1)
         self.stop_check_every = stop_check_every
         self._module_call = torch.compile(module) if compile else module
         # Training steps go through DistributedDataParallel under torchrun; evaluation and
@@ -346,8 +337,8 @@ class Trainer:
             [0, 1]
         """
         # 1. Check the arguments and build the data, before any hook runs.
-        epochs = _check_int(epochs, "epochs", 0)
-        initial_epoch = _check_int(initial_epoch, "initial_epoch", 0)
+        epochs = check_int(epochs, "epochs", 0)
+        initial_epoch = check_int(initial_epoch, "initial_epoch", 0)
         verbose = self._check_verbose(verbose)
         if not isinstance(shuffle, bool):
             raise ValueError(f"shuffle must be True or False, got {shuffle!r}.")

@@ -58,7 +58,7 @@ def test_bad_arguments(tmp_path):
         ModelCheckpoint("m.pt", save_freq="batch")
     with pytest.raises(IsADirectoryError, match="Please specify a non-directory filepath for ModelCheckpoint"):
         ModelCheckpoint(tmp_path)
-    with pytest.raises(ValueError, match="period must be a positive int"):
+    with pytest.raises(ValueError, match="period must be an int >= 1"):
         ModelCheckpoint("m.pt", period=0)
 
 

@@ -8,7 +8,8 @@ import os
 import warnings
 from typing import Any
 
-from torchcb.callbacks.base import Callback
+from torchcb._checks import is_int
+from torchcb.callbacks.base import BatchFrequency, Callback
 from torchcb.checkpoint import atomic_save, atomic_write, check_writable
 from torchcb.distributed import barrier, is_main_process
 
@@ -51,7 +52,7 @@ class BackupAndRestore(Callback):
         super().__init__()
         if not backup_dir:
             raise ValueError("Empty `backup_dir` argument passed")
-        if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq <= 0):
+        if save_freq != "epoch" and (not is_int(save_freq) or save_freq <= 0):
             raise ValueError(
                 f"Invalid value for argument save_freq. Received: save_freq={save_freq!r}. "
                 "Expected either 'epoch' or a positive integer number of batches."
@@ -60,8 +61,7 @@ class BackupAndRestore(Callback):
         self.save_freq = save_freq
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
-        self._batches_since_backup = 0
-        self._last_batch_seen: int | None = None
+        self._batch_frequency = BatchFrequency(save_freq) if save_freq != "epoch" else None
         if save_freq != "epoch":  # only then does it listen to batches: an unused hook costs nothing
             self.on_train_batch_end = self._on_train_batch_end
 
@@ -74,11 +74,11 @@ class BackupAndRestore(Callback):
         return self.path + ".bkp"
 
     def get_state(self) -> dict[str, Any]:
-        return {"batches_since_backup": self._batches_since_backup, "last_batch_seen": self._last_batch_seen}
+        return {"batch_frequency": None if self._batch_frequency is None else self._batch_frequency.state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._batches_since_backup = state["batches_since_backup"]
-        self._last_batch_seen = state["last_batch_seen"]
+        if self._batch_frequency is not None and state["batch_frequency"] is not None:
+            self._batch_frequency.restore(state["batch_frequency"])
 
     def _trainer(self) -> Any:
         trainer = getattr(self.model, "trainer", None)
@@ -90,8 +90,8 @@ class BackupAndRestore(Callback):
         if is_main_process():
             check_writable(self.path, "BackupAndRestore backup_dir")
         barrier()  # under torchrun: rank 0 has finished writing before any rank reads
-        self._batches_since_backup = 0
-        self._last_batch_seen = None
+        if self._batch_frequency is not None:
+            self._batch_frequency.reset()
         trainer = self._trainer()
         if os.path.exists(self.path):
             try:
@@ -109,14 +109,7 @@ class BackupAndRestore(Callback):
             trainer.load_checkpoint(self.backup_path)
 
     def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self._last_batch_seen is None or batch <= self._last_batch_seen:
-            added = batch + 1  # a new epoch began
-        else:
-            added = batch - self._last_batch_seen
-        self._batches_since_backup += added
-        self._last_batch_seen = batch
-        if self._batches_since_backup >= self.save_freq:
-            self._batches_since_backup = 0
+        if self._batch_frequency.passed(batch):  # type: ignore[union-attr]
             self._backup()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["Callback", "CallbackList", "MonitorCallback"]
+__all__ = ["BatchFrequency", "Callback", "CallbackList", "MonitorCallback"]
 
 HOOKS = (
     "on_train_begin",
@@ -272,6 +272,40 @@ class CallbackList:
     def on_train_error(self, error: BaseException) -> None:
         for method in self._methods("on_train_error"):
             method(error)
+
+
+class BatchFrequency:
+    """Keras' count of training batches for ``save_freq=N``: says when N batches have passed.
+
+    The count runs across epochs; a batch index that does not grow means a new epoch began.
+
+    Example:
+        >>> every_3 = BatchFrequency(3)
+        >>> [every_3.passed(batch) for batch in (0, 1, 2, 3, 0, 1)]  # 4 batches, then a new epoch
+        [False, False, True, False, False, True]
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = 0
+        self.last: int | None = None
+
+    def passed(self, batch: int) -> bool:
+        self.since += batch + 1 if self.last is None or batch <= self.last else batch - self.last
+        self.last = batch
+        if self.since >= self.every:
+            self.since = 0
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {"since": self.since, "last": self.last}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.since, self.last = state["since"], state["last"]
 
 
 _HIGHER_IS_BETTER_SUFFIXES = ("acc", "accuracy", "auc")

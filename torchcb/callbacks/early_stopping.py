@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from torchcb._checks import check_int
 from torchcb.callbacks.base import MonitorCallback
 
 __all__ = ["EarlyStopping"]
@@ -53,10 +54,8 @@ class EarlyStopping(MonitorCallback):
         start_from_epoch: int = 0,
     ) -> None:
         super().__init__(monitor, mode, baseline, min_delta)
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"patience must be an int >= 0, got {patience!r}.")
-        if not isinstance(start_from_epoch, int) or isinstance(start_from_epoch, bool) or start_from_epoch < 0:
-            raise ValueError(f"start_from_epoch must be an int >= 0, got {start_from_epoch!r}.")
+        check_int(patience, "patience", 0)
+        check_int(start_from_epoch, "start_from_epoch", 0)
         self.patience = patience
         self.verbose = verbose
         self.restore_best_weights = restore_best_weights

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from torchcb import backend as K
+from torchcb._checks import check_int
 from torchcb.callbacks.base import Callback, MonitorCallback
 
 __all__ = ["LearningRateScheduler", "ReduceLROnPlateau", "get_lr", "set_lr"]
@@ -148,10 +149,8 @@ class ReduceLROnPlateau(MonitorCallback):
             raise TypeError(f"ReduceLROnPlateau got unexpected arguments: {', '.join(sorted(kwargs))}.")
         if not isinstance(factor, numbers.Real) or factor >= 1.0:
             raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0. Got {factor}")
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"patience must be an int >= 0, got {patience!r}.")
-        if not isinstance(cooldown, int) or isinstance(cooldown, bool) or cooldown < 0:
-            raise ValueError(f"cooldown must be an int >= 0, got {cooldown!r}.")
+        check_int(patience, "patience", 0)
+        check_int(cooldown, "cooldown", 0)
         if not isinstance(min_lr, numbers.Real) or min_lr < 0:
             raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}.")
         super().__init__(monitor, mode, None, min_delta)

@@ -6,7 +6,8 @@ import os
 import string
 from typing import Any
 
-from torchcb.callbacks.base import MonitorCallback
+from torchcb._checks import check_int, is_int
+from torchcb.callbacks.base import BatchFrequency, MonitorCallback
 from torchcb.checkpoint import check_writable
 from torchcb.distributed import is_main_process
 
@@ -73,12 +74,11 @@ class ModelCheckpoint(MonitorCallback):
                 f"Please specify a non-directory filepath for ModelCheckpoint. "
                 f"Filepath used is an existing directory: {self.filepath}"
             )
-        if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq <= 0):
+        if save_freq != "epoch" and (not is_int(save_freq) or save_freq <= 0):
             raise ValueError(
                 f"Unrecognized save_freq: {save_freq!r}; expected 'epoch' or a positive number of batches."
             )
-        if not isinstance(period, int) or isinstance(period, bool) or period <= 0:
-            raise ValueError(f"period must be a positive int, got {period!r}.")
+        check_int(period, "period", 1)
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
@@ -86,8 +86,7 @@ class ModelCheckpoint(MonitorCallback):
         self.save_freq = save_freq
         self.initial_value_threshold = initial_value_threshold
         self.epochs_since_last_save = 0
-        self._batches_seen_since_last_save = 0
-        self._last_batch_seen: int | None = None
+        self._batch_frequency = BatchFrequency(save_freq) if save_freq != "epoch" else None
         self._current_epoch = 0
         self.reset_monitor(initial_value_threshold)
         if save_freq != "epoch":  # only then does it listen to batches: an unused hook costs nothing
@@ -96,8 +95,8 @@ class ModelCheckpoint(MonitorCallback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.reset_monitor(self.initial_value_threshold)
         self.epochs_since_last_save = 0
-        self._batches_seen_since_last_save = 0
-        self._last_batch_seen = None
+        if self._batch_frequency is not None:
+            self._batch_frequency.reset()
         if self.params and not self.params.get("do_validation", True):
             missing = [name for name in _placeholders(self.filepath) if name.startswith("val_")]
             if missing:
@@ -113,31 +112,22 @@ class ModelCheckpoint(MonitorCallback):
         return {
             "best": self.best,
             "epochs_since_last_save": self.epochs_since_last_save,
-            "batches_seen_since_last_save": self._batches_seen_since_last_save,
-            "last_batch_seen": self._last_batch_seen,
+            "batch_frequency": None if self._batch_frequency is None else self._batch_frequency.state(),
             "current_epoch": self._current_epoch,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.best = state["best"]
         self.epochs_since_last_save = state["epochs_since_last_save"]
-        self._batches_seen_since_last_save = state["batches_seen_since_last_save"]
-        self._last_batch_seen = state["last_batch_seen"]
+        if self._batch_frequency is not None and state["batch_frequency"] is not None:
+            self._batch_frequency.restore(state["batch_frequency"])
         self._current_epoch = state["current_epoch"]
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._current_epoch = epoch
 
     def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        # a batch index that does not grow means a new epoch began
-        if self._last_batch_seen is None or batch <= self._last_batch_seen:
-            added = batch + 1
-        else:
-            added = batch - self._last_batch_seen
-        self._batches_seen_since_last_save += added
-        self._last_batch_seen = batch
-        if self._batches_seen_since_last_save >= self.save_freq:
-            self._batches_seen_since_last_save = 0
+        if self._batch_frequency.passed(batch):  # type: ignore[union-attr]
             self._save(self._current_epoch, batch, logs or {})
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from torchcb import backend as K
+from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import Callback
 from torchcb.data import make_source
 from torchcb.distributed import is_main_process
@@ -94,12 +95,9 @@ class TensorBoard(Callback):
         profile_batch: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("histogram_freq", histogram_freq), ("embeddings_freq", embeddings_freq)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
-        if update_freq not in ("batch", "epoch") and (
-            not isinstance(update_freq, int) or isinstance(update_freq, bool) or update_freq <= 0
-        ):
+        check_int(histogram_freq, "histogram_freq", 0)
+        check_int(embeddings_freq, "embeddings_freq", 0)
+        if update_freq not in ("batch", "epoch") and (not is_int(update_freq) or update_freq <= 0):
             raise ValueError(
                 f"update_freq must be 'batch', 'epoch' or a positive number of samples, got {update_freq!r}."
             )

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from torchcb._checks import check_int
 from torchcb.callbacks.base import Callback
 from torchcb.logs import _stack, read_floats
 
@@ -43,10 +44,8 @@ class TerminateOnNaN(Callback):
 
     def __init__(self, raise_error: bool = False, *, check_every: int = 32) -> None:
         super().__init__()
-        if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 1:
-            raise ValueError(f"check_every must be an int >= 1, got {check_every!r}.")
+        self.check_every = check_int(check_every, "check_every", 1)
         self.raise_error = raise_error
-        self.check_every = check_every
         self._pending: list[tuple[int, torch.Tensor]] = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
