@@ -314,7 +314,7 @@ class IterableSource(Source):
         dataset = getattr(data, "dataset", None)
         if isinstance(data, DataLoader) and not isinstance(dataset, IterableDataset) and steps is None:
             try:
-                self.samples = len(dataset)  # type: ignore[arg-type]
+                self.samples = len(data.sampler)  # type: ignore[arg-type]  # a rank's share under torchrun
             except TypeError:
                 self.samples = None
         self._iterator: Iterator[Any] | None = None

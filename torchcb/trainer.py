@@ -432,6 +432,8 @@ class Trainer:
                     self._agree_on_stop()
                 if model.stop_training or train.exhausted:
                     break
+            callback_list.on_train_end(epoch_logs)
+            self._run_deferred()
         except BaseException as error:
             callback_list.on_train_error(error)  # callbacks release files and threads; Keras' hooks stay as they are
             raise
@@ -439,7 +441,6 @@ class Trainer:
             self._deferred.clear()
             self._callback_list = None
             self.current_batch = None
-        callback_list.on_train_end(epoch_logs)
         return history
 
     def _epoch_batches(self, train: Source, skip: int) -> Any:

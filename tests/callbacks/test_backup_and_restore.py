@@ -171,3 +171,15 @@ def test_needs_torchcb_trainer(tmp_path):
     callback.set_model(KerasStub())
     with pytest.raises(ValueError, match="needs torchcb's Trainer"):
         callback.on_train_begin({})
+
+
+def test_a_full_checkpoint_saved_at_train_end_holds_the_callback_states(tmp_path):
+    class SaveAtEnd(Callback):
+        def on_train_end(self, logs=None):
+            self.model.save(tmp_path / "end.pt")
+
+    from torchcb.checkpoint import safe_load
+
+    _trainer().fit(*_data(), epochs=2, verbose=0, callbacks=[SaveAtEnd(), EarlyStopping(monitor="loss", patience=5)])
+    state = safe_load(tmp_path / "end.pt")
+    assert state["callbacks"]["History"]["epoch"] == [0, 1] and "EarlyStopping" in state["callbacks"]
