@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Logs", "EpochTotals", "ReadCounter", "device_reads", "read_floats"]
+__all__ = ["Logs", "EpochTotals", "ReadCounter", "device_reads", "read_floats", "stack_scalars"]
 
 
 class ReadCounter:
@@ -66,7 +66,7 @@ def read_floats(tensors: list[torch.Tensor]) -> list[float]:
     return torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist()
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+def stack_scalars(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Scalar tensors stacked into one vector, outside autograd."""
     with torch.no_grad():
         try:
@@ -203,7 +203,7 @@ class EpochTotals:
         self._pending = []
         for key, (values, sizes) in by_key.items():
             if all(isinstance(v, torch.Tensor) for v in values):
-                stacked = _stack(values).to(torch.float64)
+                stacked = stack_scalars(values).to(torch.float64)
                 weights = torch.tensor(sizes, dtype=torch.float64, device=stacked.device)
                 partial: Any = (stacked * weights).sum()
             else:

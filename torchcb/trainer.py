@@ -368,7 +368,7 @@ class Trainer:
         if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
             self.loss.per_sample(None, None)  # raises the explanation
         val = self._validation_source(validation_data, batch_size, validation_steps)
-        callback_list, history = self._fit_callbacks(callbacks, verbose, train, val is not None)
+        callback_list, history = self._fit_callbacks(callbacks, verbose, train)
         callback_list.set_params(
             {
                 "batch_size": batch_size or (32 if is_array_input(x) else None),
@@ -509,7 +509,7 @@ class Trainer:
         )
 
     def _fit_callbacks(
-        self, callbacks: Iterable[Any] | None, verbose: int, train: Source, do_validation: bool
+        self, callbacks: Iterable[Any] | None, verbose: int, train: Source
     ) -> tuple[CallbackList, History]:
         """``[BaseLogger, ProgbarLogger (if verbose), *user callbacks, History]``, as Keras 2 orders them."""
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):

@@ -230,13 +230,15 @@ class CallbackList:
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._call_batch("on_train_batch_end", batch, logs)
 
-    # The two hooks of every training batch loop directly over their methods.
+    # The two hooks of every training batch loop directly over their cached methods.
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        for method in self._dispatch.get("on_train_batch_begin") or self._methods("on_train_batch_begin"):
+        methods = self._dispatch.get("on_train_batch_begin")
+        for method in self._methods("on_train_batch_begin") if methods is None else methods:
             method(batch, {} if logs is None else logs)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        for method in self._dispatch.get("on_train_batch_end") or self._methods("on_train_batch_end"):
+        methods = self._dispatch.get("on_train_batch_end")
+        for method in self._methods("on_train_batch_end") if methods is None else methods:
             method(batch, {} if logs is None else logs)
 
     def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:

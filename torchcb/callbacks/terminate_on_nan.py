@@ -9,7 +9,7 @@ import torch
 
 from torchcb._checks import check_int
 from torchcb.callbacks.base import Callback
-from torchcb.logs import _stack, read_floats
+from torchcb.logs import read_floats, stack_scalars
 
 __all__ = ["TerminateOnNaN"]
 
@@ -72,7 +72,7 @@ class TerminateOnNaN(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        losses = _stack([loss for _, loss in pending]).float()
+        losses = stack_scalars([loss for _, loss in pending]).float()
         (all_finite,) = read_floats([torch.isfinite(losses).all().to(torch.float32)])
         if all_finite:
             return
