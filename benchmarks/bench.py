@@ -127,8 +127,7 @@ def run_one(workload: str, variant: str, device: str, server_root: str) -> dict:
         trainer = Trainer(net, optimizer, loss="sparse_categorical_crossentropy", device=device)
         callbacks = []
         if variant == "all":
-            # one-off imports (TensorBoard's writer, RemoteMonitor's requests) are not training time
-            import requests  # noqa: F401
+            # a one-off import (TensorBoard's writer) is not training time
             import torch.utils.tensorboard  # noqa: F401
 
             callbacks = _seed_callbacks(directory, server_root)

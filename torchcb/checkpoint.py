@@ -143,7 +143,8 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
+        # one tensor, not 625 ints: each Python object costs torch.save a callback
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
         "numpy": {
             "bit_generator": np_state["bit_generator"],
             "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
@@ -161,6 +162,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the random states saved by :func:`rng_state`."""
     version, internal, gauss = state["python"]
+    if isinstance(internal, torch.Tensor):
+        internal = internal.tolist()
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
     np.random.set_state(

@@ -15,7 +15,7 @@ from torchcb.callbacks import RemoteMonitor
 class Server:
     """A real HTTP server on 127.0.0.1 that records every POST."""
 
-    def __init__(self, delay=0.0):
+    def __init__(self, delay=0.0, status=200):
         self.requests = []
         self.release = threading.Event()
         received = self.requests
@@ -27,7 +27,7 @@ class Server:
                 received.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 if delay:
                     release.wait(delay)  # a slow server; the test releases it when it is done
-                self.send_response(200)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -83,6 +83,27 @@ def test_form_mode_with_custom_field_path_and_headers(server):
     assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
     form = urllib.parse.parse_qs(request["body"].decode())
     assert sorted(json.loads(form["payload"][0])) == ["accuracy", "epoch", "loss"]
+
+
+def test_a_users_content_type_header_replaces_the_default(server):
+    monitor = RemoteMonitor(root=server.root, send_as_json=True, headers={"content-type": "text/plain"})
+    monitor.on_epoch_end(0, {"loss": 0.5})
+    (request,) = server.requests
+    assert request["headers"]["Content-Type"] == "text/plain"
+    assert json.loads(request["body"]) == {"epoch": 0, "loss": 0.5}
+
+
+def test_an_error_status_is_an_answer_not_a_failure(recwarn):
+    failing = Server(status=500)  # Keras ignores the server's answer; only an unreachable server warns
+    try:
+        history = make_trainer().fit(
+            *make_data(8), epochs=2, verbose=0, callbacks=[RemoteMonitor(root=failing.root, send_as_json=True)]
+        )
+    finally:
+        failing.close()
+    assert len(failing.requests) == 2
+    assert [json.loads(r["body"])["loss"] for r in failing.requests] == history.history["loss"]
+    assert not [w for w in recwarn if "RemoteMonitor" in str(w.message)]
 
 
 def test_numpy_values_are_made_plain_driven_by_hand(server):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from typing import Any
 
@@ -18,6 +22,7 @@ from torchcb.distributed import is_main_process
 __all__ = ["RemoteMonitor"]
 
 _STOP = object()
+_FORM = "application/x-www-form-urlencoded"
 
 
 def _plain(value: Any) -> Any:
@@ -34,7 +39,10 @@ class RemoteMonitor(Callback):
     The payload is Keras 2's exactly: the 0-based epoch first, then every log value, numpy
     and tensor scalars made plain. With ``send_as_json`` the body is that JSON object
     (``Content-Type: application/json``); otherwise it is a form with the field ``field``
-    holding the JSON text.
+    holding the JSON text. It is sent with the standard library's ``urllib``, which honours
+    the ``http_proxy``/``no_proxy`` environment variables as ``requests`` does; as in Keras,
+    the server's answer is not checked, so only a server that cannot be reached (or does
+    not answer within ``timeout``) counts as a failure.
 
     Posting never stalls a training step: a background thread sends from a bounded queue,
     each request with a ``timeout``. If the queue is full the oldest epoch waiting is
@@ -99,18 +107,23 @@ class RemoteMonitor(Callback):
 
     # ----------------------------------------------------------------- the sender thread
 
-    def _send(self, payload: dict[str, Any]) -> None:
-        import requests
+    def _request(self, payload: dict[str, Any]) -> urllib.request.Request:
+        """The POST Keras makes: a JSON body, or a form whose ``field`` holds the JSON text."""
+        if self.send_as_json:
+            body, content_type = json.dumps(payload), "application/json"
+        else:
+            body, content_type = urllib.parse.urlencode({self.field: json.dumps(payload)}), _FORM
+        # urllib normalises header names, so a Content-Type of the user's replaces ours
+        headers = {"Content-Type": content_type, **(self.headers or {})}
+        return urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
 
+    def _send(self, payload: dict[str, Any]) -> None:
         try:
-            if self.send_as_json:
-                response = requests.post(self.url, json=payload, headers=self.headers, timeout=self.timeout)
-            else:
-                response = requests.post(
-                    self.url, {self.field: json.dumps(payload)}, headers=self.headers, timeout=self.timeout
-                )
-            response.close()
-        except requests.exceptions.RequestException as error:
+            with urllib.request.urlopen(self._request(payload), timeout=self.timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as error:
+            error.close()  # the server answered: as in Keras, the status is not checked
+        except (OSError, http.client.HTTPException, ValueError) as error:  # unreachable, timed out, bad URL
             with self._lock:
                 self._failed += 1
                 self._failing = True
@@ -146,8 +159,6 @@ class RemoteMonitor(Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         if not is_main_process():
             return
-        import requests  # noqa: F401  (fail now, with a clear ImportError, if it is missing)
-
         with self._lock:
             self._sent = self._failed = self._dropped = 0
             self._failing = self._warned_outage = False
