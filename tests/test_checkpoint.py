@@ -69,3 +69,13 @@ def test_rng_state_survives_a_file_and_restores_every_generator(tmp_path):
     saved["python"][1] = saved["python"][1].tolist()
     set_rng_state(saved)
     assert random.random() == expected[0]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_target(tmp_path):
+    stale = tmp_path / ".a.pt.k3x9_q1z.tmp"  # what a writer killed mid-save of a.pt leaves
+    other_target = tmp_path / ".a.pt.bak.k3x9_q1z.tmp"  # a temporary of a.pt.bak, not of a.pt
+    unrelated = tmp_path / "notes.tmp"
+    for path in (stale, other_target, unrelated):
+        path.write_bytes(b"partial")
+    atomic_save({"v": torch.tensor(1)}, tmp_path / "a.pt")
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.pt", other_target.name, unrelated.name])

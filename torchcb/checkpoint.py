@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pickle
 import random
@@ -47,6 +46,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+# torch.save imports its serialization config on first use, which takes milliseconds;
+# importing it with torchcb keeps that out of a run's first checkpoint.
+with contextlib.suppress(ImportError):
+    import torch.utils.serialization  # noqa: F401  (torch >= 2.5)
 
 __all__ = [
     "FORMAT",
@@ -79,9 +83,16 @@ def _fsync_directory(directory: str) -> None:
 def _remove_stale_temporaries(directory: str, name: str) -> None:
     # A process killed mid-write (kill -9) leaves its temporary file: the next write of the
     # same target removes it, so they never accumulate.
-    for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
+    prefix = f".{name}."
+    with os.scandir(directory) as entries:
+        stale = [
+            entry.path
+            for entry in entries  # mkstemp's random part has no dot: w.pt.bak's temporaries are not w.pt's
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and "." not in entry.name[len(prefix) : -4]
+        ]
+    for path in stale:
         with contextlib.suppress(OSError):
-            os.unlink(stale)
+            os.unlink(path)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:

@@ -392,6 +392,9 @@ class Trainer:
         epoch_logs: dict[str, Any] = {}
         ranks = self.distributed  # under torchrun, ranks agree on stopping every stop_check_every batches
         check_every = self.stop_check_every
+        # the hooks of a training batch, looked up once: a small model's step is short
+        batch_begin = callback_list.methods("on_train_batch_begin")
+        batch_end = callback_list.methods("on_train_batch_end")
         try:
             for epoch in range(start_epoch, epochs):
                 self.module.train()
@@ -405,11 +408,13 @@ class Trainer:
                 for step, batch in batches:
                     self.current_batch = batch
                     logs = Logs(batch=step, size=batch.size)
-                    callback_list.on_train_batch_begin(step, logs)
+                    for hook in batch_begin:
+                        hook(step, logs)
                     logs.update_raw(self.train_step(batch))
                     self.optimizer_steps += 1
                     self.batches_done = step + 1
-                    callback_list.on_train_batch_end(step, logs)
+                    for hook in batch_end:
+                        hook(step, logs)
                     if self._deferred:
                         self._run_deferred()  # full checkpoints asked for in this round
                     if ranks:  # a stop asked on any rank takes effect at the next agreement

@@ -97,6 +97,21 @@ def test_driven_by_hand_with_a_stub_model():
     assert callback.model.stop_training
 
 
+def test_large_finite_losses_whose_sum_overflows_are_not_invalid(capsys):
+    class Stub:
+        stop_training = False
+
+    callback = TerminateOnNaN(check_every=2)
+    callback.set_model(Stub())
+    for batch in range(2):  # each is finite in float32; their float32 sum is inf
+        callback.on_train_batch_end(batch, {"loss": torch.tensor(3e38)})
+    assert not callback.model.stop_training
+    callback.on_train_batch_end(2, {"loss": torch.tensor(3e38)})
+    callback.on_train_batch_end(3, {"loss": torch.tensor(float("-inf"))})
+    assert callback.model.stop_training
+    assert "Batch 3: Invalid loss" in capsys.readouterr().out
+
+
 def test_check_every_must_be_positive():
     with pytest.raises(ValueError, match="check_every must be an int >= 1"):
         TerminateOnNaN(check_every=0)

@@ -194,7 +194,8 @@ class CallbackList:
     def __len__(self) -> int:
         return len(self.callbacks)
 
-    def _methods(self, hook: str) -> list[Any]:
+    def methods(self, hook: str) -> list[Any]:
+        """The bound methods that ``hook`` calls, in order: only callbacks that override it."""
         methods = self._dispatch.get(hook)
         if methods is None:
             alias = _ALIASES.get(hook)
@@ -209,13 +210,13 @@ class CallbackList:
     def _call_batch(self, hook: str, batch: int, logs: dict | None) -> None:
         if logs is None:
             logs = {}
-        for method in self._methods(hook):
+        for method in self.methods(hook):
             method(batch, logs)
 
     def _call(self, hook: str, logs: dict | None) -> None:
         if logs is None:
             logs = {}
-        for method in self._methods(hook):
+        for method in self.methods(hook):
             method(logs)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -230,16 +231,11 @@ class CallbackList:
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._call_batch("on_train_batch_end", batch, logs)
 
-    # The two hooks of every training batch loop directly over their cached methods.
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        methods = self._dispatch.get("on_train_batch_begin")
-        for method in self._methods("on_train_batch_begin") if methods is None else methods:
-            method(batch, {} if logs is None else logs)
+        self._call_batch("on_train_batch_begin", batch, logs)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        methods = self._dispatch.get("on_train_batch_end")
-        for method in self._methods("on_train_batch_end") if methods is None else methods:
-            method(batch, {} if logs is None else logs)
+        self._call_batch("on_train_batch_end", batch, logs)
 
     def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._call_batch("on_test_batch_begin", batch, logs)
@@ -272,7 +268,7 @@ class CallbackList:
         self._call("on_predict_end", logs)
 
     def on_train_error(self, error: BaseException) -> None:
-        for method in self._methods("on_train_error"):
+        for method in self.methods("on_train_error"):
             method(error)
 
 

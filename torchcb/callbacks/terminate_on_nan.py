@@ -72,11 +72,14 @@ class TerminateOnNaN(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        losses = stack_scalars([loss for _, loss in pending]).float()
-        (all_finite,) = read_floats([torch.isfinite(losses).all().to(torch.float32)])
-        if all_finite:
+        losses = stack_scalars([loss for _, loss in pending])
+        # a NaN or an infinity makes the sum non-finite: one reduction and one read per check
+        (total,) = read_floats([losses.sum(dtype=torch.float32)])
+        if math.isfinite(total):
             return
         finite = torch.isfinite(losses).tolist()
+        if all(finite):  # finite losses whose sum overflowed
+            return
         first = finite.index(False)
         self._check(pending[first][0], float(losses[first]))
 
