@@ -6,7 +6,7 @@
 
 Every run is its own process, forked from one that has imported torch and torchcb, so
 imports are not timed (what torchcb imports or builds lazily, at first use, is). Each
-repeat runs every variant once, in an order that turns from repeat to repeat. Throughput
+repeat runs every variant once, in a shuffled order (seeded). Throughput
 is training samples per second. A run's ratio is its throughput over the hand loop's in the
 same repeat, so a slow minute of the machine hits both sides; the table gives the median
 ratio and the range over the repeats. The final loss of every torchcb run must equal the
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -223,9 +224,11 @@ def main() -> int:
             variants = [v for v in VARIANTS[workload] if v == "hand" or not args.variants or v in args.variants]
             results: dict[str, list[dict]] = {v: [] for v in variants}
             for repeat in range(-1, args.repeats):  # repeat -1 warms the machine up and is not counted
-                # the order turns each repeat, so no variant always runs after the same one
-                turn = repeat % len(variants)
-                for variant in variants[turn:] + variants[:turn]:
+                # a shuffled order each repeat (seeded, so reproducible): a run can be slowed or
+                # sped up by the one before it, and no variant always follows the same one
+                order = list(variants)
+                random.Random(repeat).shuffle(order)
+                for variant in order:
                     result = _run(context, workload, variant, args.device, root)
                     if repeat >= 0:
                         results[variant].append(result)

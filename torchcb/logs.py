@@ -164,10 +164,11 @@ class Logs(dict):
 class EpochTotals:
     """Size-weighted sums of per-batch values, kept on the device and read back once.
 
-    ``add(values, size)`` costs one list append; every ``fold_every`` batches the pending
-    values are folded, key by key, into one running sum each, so memory stays bounded on
-    long epochs. Keys in ``last_value`` keep their latest value instead of an average
-    (stateful metrics); keys in ``skip`` are not summed.
+    ``add(values, size)`` takes each value as it is then (a device tensor stays unread) and
+    appends it to its key's list; every ``fold_every`` batches the lists are folded, key by
+    key, into one running sum each, so memory stays bounded on long epochs. Keys in
+    ``last_value`` keep their latest value instead of an average (stateful metrics); keys in
+    ``skip`` are not summed.
     """
 
     fold_every = 256
@@ -176,7 +177,8 @@ class EpochTotals:
         self.last_value = frozenset(last_value)
         self.skip = frozenset(skip)
         self.seen = 0
-        self._pending: list[tuple[Mapping[str, Any], int]] = []
+        self._batches = 0  # added since the last fold
+        self._pending: dict[str, tuple[list[Any], list[int]]] = {}  # key -> (values, sizes)
         self._sums: dict[str, Any] = {}
         self._weights: dict[str, int] = {}
         self._last: dict[str, Any] = {}
@@ -184,24 +186,24 @@ class EpochTotals:
     def add(self, values: Mapping[str, Any], size: int) -> None:
         """Add one batch's values, each weighted by ``size`` samples (nothing is read back)."""
         self.seen += size
-        self._pending.append((values, size))
-        if len(self._pending) >= self.fold_every:
+        for key, value in dict.items(values):  # dict.items: never read Logs back here
+            if key in self.skip:
+                continue
+            if key in self.last_value:
+                self._last[key] = value
+                continue
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = ([], [])
+            pending[0].append(value)
+            pending[1].append(size)
+        self._batches += 1
+        if self._batches >= self.fold_every:
             self._fold()
 
     def _fold(self) -> None:
-        by_key: dict[str, tuple[list[Any], list[int]]] = {}
-        for values, size in self._pending:
-            for key, value in dict.items(values):  # dict.items: never read Logs back here
-                if key in self.skip:
-                    continue
-                if key in self.last_value:
-                    self._last[key] = value
-                    continue
-                entry = by_key.setdefault(key, ([], []))
-                entry[0].append(value)
-                entry[1].append(size)
-        self._pending = []
-        for key, (values, sizes) in by_key.items():
+        pending, self._pending, self._batches = self._pending, {}, 0
+        for key, (values, sizes) in pending.items():
             if all(isinstance(v, torch.Tensor) for v in values):
                 stacked = stack_scalars(values).to(torch.float64)
                 weights = torch.tensor(sizes, dtype=torch.float64, device=stacked.device)
@@ -222,7 +224,7 @@ class EpochTotals:
     def restore(self, state: dict[str, Any]) -> None:
         """Take back the sums that :meth:`state` gave."""
         self.seen = int(state["seen"])
-        self._pending = []
+        self._pending, self._batches = {}, 0
         self._sums = {k: float(v) for k, v in state["sums"].items()}
         self._weights = {k: int(v) for k, v in state["weights"].items()}
         self._last = {k: float(v) for k, v in state["last"].items()}

@@ -392,9 +392,15 @@ class Trainer:
         epoch_logs: dict[str, Any] = {}
         ranks = self.distributed  # under torchrun, ranks agree on stopping every stop_check_every batches
         check_every = self.stop_check_every
-        # the hooks of a training batch, looked up once: a small model's step is short
+        # The hooks of a training batch, looked up once: a small model's step is short. The
+        # BaseLogger takes each step's outputs directly, so Keras' batch logs are built only
+        # when some other callback looks at single batches.
         batch_begin = callback_list.methods("on_train_batch_begin")
         batch_end = callback_list.methods("on_train_batch_end")
+        sums = next((c for c in callback_list if type(c) is BaseLogger), None)  # not a subclass's
+        if sums is not None:
+            batch_end = [hook for hook in batch_end if getattr(hook, "__self__", None) is not sums]
+        batch_logs = bool(batch_begin or batch_end)
         try:
             for epoch in range(start_epoch, epochs):
                 self.module.train()
@@ -407,14 +413,19 @@ class Trainer:
                 skip = 0
                 for step, batch in batches:
                     self.current_batch = batch
-                    logs = Logs(batch=step, size=batch.size)
-                    for hook in batch_begin:
-                        hook(step, logs)
-                    logs.update_raw(self.train_step(batch))
+                    if batch_logs:
+                        logs = Logs(batch=step, size=batch.size)
+                        for hook in batch_begin:
+                            hook(step, logs)
+                    outputs = self.train_step(batch)
+                    if sums is not None:
+                        sums.add(outputs, batch.size)  # first, as BaseLogger is in Keras' order
                     self.optimizer_steps += 1
                     self.batches_done = step + 1
-                    for hook in batch_end:
-                        hook(step, logs)
+                    if batch_logs:
+                        logs.update_raw(outputs)
+                        for hook in batch_end:
+                            hook(step, logs)
                     if self._deferred:
                         self._run_deferred()  # full checkpoints asked for in this round
                     if ranks:  # a stop asked on any rank takes effect at the next agreement

@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
-from torchcb.callbacks import BaseLogger, History
+from tests.conftest import make_data, make_trainer
+from torchcb.callbacks import BaseLogger, Callback, History
 from torchcb.logs import Logs
 
 
@@ -63,3 +65,33 @@ def test_history_and_baselogger_accept_none_logs(cls):
     callback = cls()
     callback.on_epoch_begin(0)
     callback.on_epoch_end(0, None)
+
+
+class _ReadsNothing(Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        pass  # looks at single batches, so fit builds Keras' batch logs
+
+
+def _fit_history(callbacks):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    x, y = make_data(37)  # a last, partial batch: the average is weighted by size
+    return make_trainer().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=callbacks).history
+
+
+def test_epoch_averages_are_the_same_whether_or_not_batch_logs_are_built():
+    assert _fit_history([_ReadsNothing()]) == _fit_history([])
+
+
+def test_a_baselogger_subclass_passed_to_fit_sees_every_batch():
+    class Counting(BaseLogger):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+            super().on_train_batch_end(batch, logs)
+
+    counting = Counting()
+    history = _fit_history([counting])
+    assert counting.batches == 3 * 5
+    assert history == _fit_history([])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchcb.callbacks.base import Callback
-from torchcb.logs import EpochTotals, Logs
+from torchcb.logs import EpochTotals
 
 __all__ = ["BaseLogger", "History"]
 
@@ -44,10 +44,17 @@ class BaseLogger(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._totals = self._new_totals()
 
+    def add(self, values: dict[str, Any], size: int) -> None:
+        """Add one batch's values (device tensors stay unread), weighted by its ``size``.
+
+        ``fit`` calls it with each step's outputs when no other callback looks at single
+        batches, so no batch logs are built at all.
+        """
+        self._totals.add(values, size)
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if logs:  # the values stay on the device, summed once the epoch ends
-            # torchcb's Logs are new every batch; a plain dict may be reused by its caller
-            self._totals.add(logs if isinstance(logs, Logs) else dict(logs), dict.get(logs, "size", 0))
+            self._totals.add(logs, dict.get(logs, "size", 0))
 
     on_batch_end = on_train_batch_end  # the Keras 2 name; fit calls the one above directly
 
