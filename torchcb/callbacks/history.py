@@ -56,7 +56,7 @@ class BaseLogger(Callback):
         if logs:  # the values stay on the device, summed once the epoch ends
             self._totals.add(logs, dict.get(logs, "size", 0))
 
-    on_batch_end = on_train_batch_end  # the Keras 2 name; fit calls the one above directly
+    on_batch_end = on_train_batch_end  # the Keras 2 name
 
     def get_state(self) -> dict[str, Any]:
         return self._totals.state()  # the sums of the epoch so far, for a resume mid-epoch
