@@ -25,6 +25,9 @@ key                 value
 ``scaler``          the ``GradScaler`` state, when training uses one
 ==================  =====================================================================
 
+:class:`TrainingState` is that dict as a type: ``capture`` takes it from a trainer at a save
+point, ``load`` reads and checks a file, ``restore`` and ``resume`` give it back.
+
 Example:
     >>> import os, tempfile, torch
     >>> from torchcb.checkpoint import atomic_save, safe_load
@@ -37,12 +40,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import random
 import tempfile
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -52,11 +56,17 @@ import torch
 with contextlib.suppress(ImportError):
     import torch.utils.serialization  # noqa: F401  (torch >= 2.5)
 
+if TYPE_CHECKING:
+    from torchcb.callbacks.callback_list import CallbackList
+    from torchcb.trainer import Trainer
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "TrainingState",
     "atomic_save",
     "atomic_write",
+    "load_module_state",
     "safe_load",
     "rng_state",
     "set_rng_state",
@@ -188,3 +198,123 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Everything a full checkpoint holds; the fields are the keys of the format above.
+
+    :meth:`capture` takes the state of a trainer at a save point; :meth:`as_dict` is the
+    file's content and :meth:`load` reads a file back (checked: a torchcb checkpoint of a
+    version this torchcb reads). :meth:`restore` puts the module, optimizer, GradScaler and
+    counters back at once; :meth:`resume` gives the callbacks of the next ``fit`` their
+    states and says where that ``fit`` starts.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> from torchcb import Trainer
+        >>> from torchcb.checkpoint import TrainingState
+        >>> net = torch.nn.Linear(2, 1)
+        >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+        >>> path = os.path.join(tempfile.mkdtemp(), "state.pt")
+        >>> TrainingState.capture(trainer).save(path)
+        >>> state = TrainingState.load(path)
+        >>> state.epoch, sorted(state.module)
+        (0, ['bias', 'weight'])
+    """
+
+    module: dict[str, Any]
+    optimizer: dict[str, Any]
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    rng: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epoch_rng: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    callbacks: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, trainer: Trainer) -> TrainingState:
+        """The trainer's state now: inside ``fit``, with the state of every callback."""
+        callbacks = trainer.callback_list
+        return cls(
+            module=trainer.module.state_dict(),
+            optimizer=trainer.optimizer.state_dict(),
+            epoch=trainer.epochs_completed,
+            batch=trainer.batches_done,
+            step=trainer.optimizer_steps,
+            rng=rng_state(),
+            epoch_rng=trainer.epoch_start_rng if trainer.batches_done else None,
+            scaler=None if trainer.scaler is None else trainer.scaler.state_dict(),
+            callbacks={} if callbacks is None else callbacks.states(),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The checkpoint file's content."""
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "module": self.module,
+            "optimizer": self.optimizer,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "rng": self.rng,
+            "callbacks": self.callbacks,
+        }
+        if self.epoch_rng is not None:
+            state["epoch_rng"] = self.epoch_rng
+        if self.scaler is not None:
+            state["scaler"] = self.scaler
+        return state
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the checkpoint to ``path`` atomically."""
+        atomic_save(self.as_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: Any = "cpu") -> TrainingState:
+        """Read a full checkpoint; ``ValueError`` if ``path`` holds something else."""
+        data = safe_load(path, map_location=map_location)
+        name = os.fspath(path)
+        if not (isinstance(data, dict) and data.get("format") == FORMAT):
+            raise ValueError(f"{name!r} is not a full torchcb checkpoint (written by model.save).")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{name!r} has format version {data['format_version']}; this torchcb reads up to {FORMAT_VERSION}."
+            )
+        return cls(
+            module=data["module"],
+            optimizer=data["optimizer"],
+            epoch=int(data["epoch"]),
+            batch=int(data.get("batch", 0)),
+            step=int(data["step"]),
+            rng=data["rng"],
+            epoch_rng=data.get("epoch_rng"),
+            scaler=data.get("scaler"),
+            callbacks=data.get("callbacks", {}),
+        )
+
+    def restore(self, trainer: Trainer) -> None:
+        """Put the module, optimizer, GradScaler and counters back into ``trainer``."""
+        trainer.module.load_state_dict(self.module)
+        trainer.optimizer.load_state_dict(self.optimizer)
+        if trainer.scaler is not None and self.scaler is not None:
+            trainer.scaler.load_state_dict(self.scaler)
+        trainer.epochs_completed = self.epoch
+        trainer.optimizer_steps = self.step
+
+    def resume(self, callbacks: CallbackList) -> tuple[int, int]:
+        """Give ``callbacks`` their saved states; returns ``(epoch, batches of it already done)``."""
+        callbacks.restore_states(self.callbacks)
+        return self.epoch, self.batch
+
+
+def load_module_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The module ``state_dict`` in a weights file (``save_weights``) or a full checkpoint."""
+    state = safe_load(path, map_location=map_location)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        state = state["module"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{os.fspath(path)!r} holds no state_dict.")
+    return state

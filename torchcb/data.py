@@ -37,9 +37,11 @@ __all__ = [
     "ArraySource",
     "IterableSource",
     "array_source",
+    "concatenate",
     "make_source",
     "split_arrays",
     "tree_map",
+    "validation_source",
     "is_array_input",
 ]
 
@@ -66,6 +68,18 @@ def tree_map(fn: Callable[[Any], Any], struct: Any) -> Any:
     if struct is None:
         return None
     return fn(struct)
+
+
+def concatenate(outputs: list[Any]) -> Any:
+    """Per-batch outputs joined along the batch dimension, nests of lists, tuples and dicts alike."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs) if first.dim() > 0 else torch.stack(outputs)
+    if isinstance(first, dict):
+        return {k: concatenate([o[k] for o in outputs]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(concatenate(list(parts)) for parts in zip(*outputs))
+    return outputs
 
 
 def _leaves(struct: Any) -> list[Any]:
@@ -554,3 +568,48 @@ def make_source(
             f"x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got {type(x).__name__}."
         )
     return IterableSource(data, device, steps, with_targets, _class_weight_fn(class_weight, device))
+
+
+def validation_source(
+    validation_data: Any,
+    *,
+    batch_size: int | None,
+    steps: int | None,
+    device: torch.device | str,
+    shard: tuple[int, int] | None = None,
+) -> Source | None:
+    """The source for ``fit``'s ``validation_data``: ``(x, y)``, ``(x, y, sample_weight)``, a
+    Dataset, a DataLoader or an iterable of batches; ``None`` for none. Never shuffled or padded."""
+    if validation_data is None:
+        return None
+    if isinstance(validation_data, tuple) and len(validation_data) in (2, 3) and is_array_input(validation_data[0]):
+        x_val, y_val = validation_data[0], validation_data[1]
+        weights = validation_data[2] if len(validation_data) == 3 else None
+        return make_source(
+            x_val,
+            y_val,
+            batch_size=batch_size,
+            shuffle=False,
+            device=device,
+            steps=steps,
+            sample_weight=weights,
+            steps_argument="validation_steps",
+            shard=shard,
+            pad=False,
+        )
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) not in (2, 3):
+        raise ValueError(
+            f"validation_data must be (x, y), (x, y, sample_weight), a Dataset, a DataLoader or an iterable "
+            f"of batches; got a {type(validation_data).__name__} of {len(validation_data)} items."
+        )
+    return make_source(
+        validation_data,
+        None,
+        batch_size=None if not isinstance(validation_data, Dataset) else batch_size,
+        shuffle=False,
+        device=device,
+        steps=steps,
+        steps_argument="validation_steps",
+        shard=shard,
+        pad=False,
+    )

@@ -99,14 +99,12 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(values: list[Any]) -> list[float]:
-    """The sums of ``values`` (numbers or scalar tensors) over all ranks, read back once."""
-    from torchcb.logs import read_floats
-
+def all_reduce_sum(values: list[Any]) -> torch.Tensor:
+    """The sums of ``values`` (numbers or scalar tensors) over all ranks, as one float64 vector."""
     device = _collective_device()
     vector = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device).reshape(()) for v in values])
     dist.all_reduce(vector, op=dist.ReduceOp.SUM, group=_group)
-    return read_floats(list(vector))
+    return vector
 
 
 def any_rank(flag: bool) -> bool:

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from torchcb import distributed
+
 __all__ = ["Logs", "EpochTotals", "ReadCounter", "device_reads", "read_floats", "stack_scalars"]
 
 
@@ -233,11 +235,10 @@ class EpochTotals:
         """The averages (and last values), read back in one transfer."""
         self._fold()
         out: dict[str, Any] = {}
-        from torchcb import distributed  # the one collective of an epoch's logs, under torchrun
-
-        if distributed.get_world_size() > 1:
+        if distributed.get_world_size() > 1:  # the one collective of an epoch's logs, under torchrun
             keys = sorted(self._sums)
-            reduced = distributed.all_reduce_sum([self._sums[k] for k in keys] + [self._weights[k] for k in keys])
+            vector = distributed.all_reduce_sum([self._sums[k] for k in keys] + [self._weights[k] for k in keys])
+            reduced = read_floats(list(vector))
             self._sums = dict(zip(keys, reduced[: len(keys)]))
             self._weights = dict(zip(keys, reduced[len(keys) :]))
         for key, total in self._sums.items():

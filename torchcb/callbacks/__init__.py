@@ -7,7 +7,8 @@ Example:
 """
 
 from torchcb.callbacks.backup_and_restore import BackupAndRestore
-from torchcb.callbacks.base import Callback, CallbackList
+from torchcb.callbacks.base import Callback
+from torchcb.callbacks.callback_list import CallbackList
 from torchcb.callbacks.csv_logger import CSVLogger
 from torchcb.callbacks.early_stopping import EarlyStopping
 from torchcb.callbacks.history import BaseLogger, History

@@ -10,7 +10,7 @@ from typing import Any
 
 from torchcb._checks import is_int
 from torchcb.callbacks.base import BatchFrequency, Callback
-from torchcb.checkpoint import atomic_save, atomic_write, check_writable
+from torchcb.checkpoint import TrainingState, atomic_write, check_writable
 from torchcb.distributed import barrier, is_main_process
 
 __all__ = ["BackupAndRestore"]
@@ -123,12 +123,12 @@ class BackupAndRestore(Callback):
     def _write(self) -> None:
         if not is_main_process():
             return
-        state = self._trainer().checkpoint_state()
+        state = TrainingState.capture(self._trainer())
         if self.double_checkpoint and os.path.exists(self.path):
             with open(self.path, "rb") as f:
                 previous = f.read()
             atomic_write(self.backup_path, lambda out: out.write(previous))
-        atomic_save(state, self.path)
+        state.save(self.path)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if not (self.delete_checkpoint and is_main_process()):

@@ -1,4 +1,4 @@
-"""The callback protocol: :class:`Callback`, :class:`CallbackList`, and the monitor base.
+"""The callback protocol: :class:`Callback`, the hooks, and the monitor base.
 
 Hooks and their arguments follow Keras 2.3 (see KERAS_SEMANTICS.md): every hook receives
 a ``dict`` of logs (never ``None``), and ``on_batch_begin``/``on_batch_end`` are the
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["BatchFrequency", "Callback", "CallbackList", "MonitorCallback"]
+__all__ = ["HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
 
 HOOKS = (
     "on_train_begin",
@@ -31,8 +30,6 @@ HOOKS = (
     "on_predict_batch_end",
     "on_train_error",
 )
-# A callback that overrides the alias takes part in the train-batch hook it aliases.
-_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
 
 
 class Callback:
@@ -128,148 +125,6 @@ class Callback:
 
         Callbacks that hold files or threads release them here; the error is re-raised after.
         """
-
-
-def _overrides(callback: Any, hook: str) -> bool:
-    if hook in getattr(callback, "__dict__", {}):
-        return True
-    method = getattr(type(callback), hook, None)
-    return method is not None and method is not getattr(Callback, hook)
-
-
-def check_callback(callback: Any, where: str) -> None:
-    """Raise ``ValueError`` unless ``callback`` is a callback instance."""
-    if isinstance(callback, type):
-        raise ValueError(
-            f"{where} is the class {callback.__name__}, not a callback; "
-            f"pass an instance such as {callback.__name__}(...)."
-        )
-    if not (callable(getattr(callback, "set_model", None)) and callable(getattr(callback, "set_params", None))):
-        raise ValueError(f"{where} must be a Callback instance, got {type(callback).__name__}: {callback!r}.")
-
-
-class CallbackList:
-    """A list of callbacks called together, hook by hook.
-
-    Each hook reaches only the callbacks that override it, so a hook nobody uses costs
-    nothing per batch. ``logs=None`` becomes ``{}``.
-
-    Example:
-        >>> from torchcb.callbacks import CallbackList, History
-        >>> callbacks = CallbackList([History()])
-        >>> callbacks.on_train_begin()
-        >>> callbacks.on_epoch_end(0, {"loss": 0.5})
-        >>> callbacks.callbacks[0].history
-        {'loss': [0.5]}
-    """
-
-    def __init__(self, callbacks: Iterable[Any] | None = None, queue_length: int = 10) -> None:
-        self.callbacks: list[Any] = []
-        self.queue_length = queue_length
-        self.params: dict[str, Any] = {}
-        self.model: Any = None
-        self._dispatch: dict[str, list[Any]] = {}  # hook name -> the bound methods that override it
-        for callback in callbacks or []:
-            self.append(callback)
-
-    def append(self, callback: Any) -> None:
-        check_callback(callback, f"callbacks[{len(self.callbacks)}]")
-        self.callbacks.append(callback)
-        self._dispatch = {}
-
-    def set_params(self, params: dict[str, Any]) -> None:
-        self.params = params
-        for callback in self.callbacks:
-            callback.set_params(params)
-
-    def set_model(self, model: Any) -> None:
-        self.model = model
-        for callback in self.callbacks:
-            callback.set_model(model)
-        self._dispatch = {}
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.callbacks)
-
-    def __len__(self) -> int:
-        return len(self.callbacks)
-
-    def methods(self, hook: str) -> list[Any]:
-        """The bound methods that ``hook`` calls, in order: only callbacks that override it."""
-        methods = self._dispatch.get(hook)
-        if methods is None:
-            alias = _ALIASES.get(hook)
-            methods = [
-                getattr(cb, hook)
-                for cb in self.callbacks
-                if hasattr(cb, hook) and (_overrides(cb, hook) or (alias is not None and _overrides(cb, alias)))
-            ]
-            self._dispatch[hook] = methods
-        return methods
-
-    def _call_batch(self, hook: str, batch: int, logs: dict | None) -> None:
-        if logs is None:
-            logs = {}
-        for method in self.methods(hook):
-            method(batch, logs)
-
-    def _call(self, hook: str, logs: dict | None) -> None:
-        if logs is None:
-            logs = {}
-        for method in self.methods(hook):
-            method(logs)
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_epoch_begin", epoch, logs)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_epoch_end", epoch, logs)
-
-    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_train_batch_begin", batch, logs)
-
-    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_train_batch_end", batch, logs)
-
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_train_batch_begin", batch, logs)
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_train_batch_end", batch, logs)
-
-    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_test_batch_begin", batch, logs)
-
-    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_test_batch_end", batch, logs)
-
-    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_predict_batch_begin", batch, logs)
-
-    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._call_batch("on_predict_batch_end", batch, logs)
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._call("on_train_begin", logs)
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self._call("on_train_end", logs)
-
-    def on_test_begin(self, logs: dict | None = None) -> None:
-        self._call("on_test_begin", logs)
-
-    def on_test_end(self, logs: dict | None = None) -> None:
-        self._call("on_test_end", logs)
-
-    def on_predict_begin(self, logs: dict | None = None) -> None:
-        self._call("on_predict_begin", logs)
-
-    def on_predict_end(self, logs: dict | None = None) -> None:
-        self._call("on_predict_end", logs)
-
-    def on_train_error(self, error: BaseException) -> None:
-        for method in self.methods("on_train_error"):
-            method(error)
 
 
 class BatchFrequency:

@@ -1,0 +1,320 @@
+"""CallbackList: the callbacks of one ``fit``, ``evaluate`` or ``predict``, called hook by hook.
+
+The loops in ``torchcb.trainer`` reach callbacks only through it. It owns:
+
+- their order, as Keras 2 gives it: ``[BaseLogger, ProgbarLogger (if verbose), *yours,
+  History]`` (:meth:`CallbackList.for_fit`), callbacks from the ``keras`` package in their
+  adapters;
+- ``set_model`` and ``set_params``;
+- which hooks each callback implements, looked up once: a hook nobody overrides costs
+  nothing per batch, and a training batch nobody but BaseLogger looks at builds no logs;
+- the deferred-save round: a full checkpoint asked for inside a hook (``model.save``) is
+  written once that hook has reached every callback, so it holds all of their states;
+- the callbacks' checkpoint states, keyed so that another run finds them again.
+
+Example:
+    >>> from torchcb.callbacks import CallbackList, History
+    >>> callbacks = CallbackList([History()])
+    >>> callbacks.on_train_begin()
+    >>> callbacks.on_epoch_end(0, {"loss": 0.5})
+    >>> callbacks.callbacks[0].history
+    {'loss': [0.5]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from torchcb.callbacks.base import Callback
+from torchcb.callbacks.history import BaseLogger, History
+from torchcb.callbacks.progbar import ProgbarLogger
+from torchcb.keras_interop import KerasCallback, is_keras_callback, wrap_keras_callbacks
+from torchcb.logs import Logs
+
+__all__ = ["CallbackList", "check_callback"]
+
+# A callback that overrides the alias takes part in the train-batch hook it aliases.
+_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    if hook in getattr(callback, "__dict__", {}):
+        return True
+    method = getattr(type(callback), hook, None)
+    return method is not None and method is not getattr(Callback, hook)
+
+
+def check_callback(callback: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``callback`` is a callback instance."""
+    if isinstance(callback, type):
+        raise ValueError(
+            f"{where} is the class {callback.__name__}, not a callback; "
+            f"pass an instance such as {callback.__name__}(...)."
+        )
+    if not (callable(getattr(callback, "set_model", None)) and callable(getattr(callback, "set_params", None))):
+        raise ValueError(f"{where} must be a Callback instance, got {type(callback).__name__}: {callback!r}.")
+
+
+def _is_keras(callback: Any, name: str) -> bool:
+    """Whether ``callback`` (or the one inside its adapter) is the Keras class ``name`` or a subclass."""
+    if isinstance(callback, KerasCallback):
+        callback = callback.callback
+    return is_keras_callback(callback) and any(k.__name__ == name for k in type(callback).__mro__)
+
+
+def _user_callbacks(callbacks: Any, model: Any) -> list[Any]:
+    """The user's callbacks as a checked list, Keras ones in their adapters (keras is imported only then)."""
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise ValueError(f"callbacks must be a list of Callback instances, got {type(callbacks).__name__}.")
+    user = list(callbacks or [])
+    for index, callback in enumerate(user):
+        check_callback(callback, f"callbacks[{index}]")
+    if any(is_keras_callback(c) for c in user):
+        model.enable_keras_metrics()
+        user = wrap_keras_callbacks(user)
+    return user
+
+
+class CallbackList:
+    """A list of callbacks called together, hook by hook.
+
+    Each hook reaches only the callbacks that override it, so a hook nobody uses costs
+    nothing per batch. ``logs=None`` becomes ``{}``. Every hook call is a round: actions
+    deferred during it (full checkpoints) run when it has reached every callback.
+
+    Attributes:
+        callbacks: the callbacks, in calling order.
+        history: the History that ``fit`` returns (lists built by :meth:`for_fit`).
+    """
+
+    def __init__(self, callbacks: Iterable[Any] | None = None, queue_length: int = 10) -> None:
+        self.callbacks: list[Any] = []
+        self.queue_length = queue_length
+        self.params: dict[str, Any] = {}
+        self.model: Any = None
+        self.history: Any = None
+        self._dispatch: dict[str, list[Any]] = {}  # hook name -> the bound methods that override it
+        self._deferred: list[Callable[[], None]] = []
+        self._sums: BaseLogger | None = None  # fit's BaseLogger, fed each step's outputs directly
+        self._batch_begin: list[Any] = []
+        self._batch_end: list[Any] = []
+        self._batch_logs = False  # whether any callback looks at single training batches
+        for callback in callbacks or []:
+            self.append(callback)
+
+    @classmethod
+    def for_fit(
+        cls, callbacks: Any, *, model: Any, verbose: int, count_mode: str, stateful_metrics: list[str]
+    ) -> CallbackList:
+        """``[BaseLogger, ProgbarLogger (if verbose), *callbacks, History]``, as Keras 2 orders them.
+
+        A BaseLogger, ProgbarLogger or History of the user's is used instead of a new one;
+        a History passed in goes last and keeps accumulating.
+        """
+        user = _user_callbacks(callbacks, model)
+        history = next((c for c in user if isinstance(c, History) or _is_keras(c, "History")), None)
+        if history is None:
+            history = History()
+        else:
+            user.remove(history)
+        ordered: list[Any] = []
+        if not any(isinstance(c, BaseLogger) for c in user):
+            ordered.append(BaseLogger(stateful_metrics=stateful_metrics))
+        if verbose and not any(isinstance(c, ProgbarLogger) or _is_keras(c, "ProgbarLogger") for c in user):
+            ordered.append(ProgbarLogger(count_mode=count_mode, stateful_metrics=stateful_metrics))
+        callback_list = cls([*ordered, *user, history])
+        callback_list.history = history.callback if isinstance(history, KerasCallback) else history
+        callback_list.set_model(model)
+        return callback_list
+
+    @classmethod
+    def for_inference(cls, callbacks: Any, *, model: Any, verbose: int, params: dict[str, Any]) -> CallbackList:
+        """The user's callbacks for ``evaluate``/``predict``, with a ProgbarLogger when ``verbose``."""
+        user = _user_callbacks(callbacks, model)
+        if verbose and not any(isinstance(c, ProgbarLogger) or _is_keras(c, "ProgbarLogger") for c in user):
+            user.append(ProgbarLogger(count_mode="steps"))
+        callback_list = cls(user)
+        callback_list.set_model(model)
+        callback_list.set_params(params)
+        return callback_list
+
+    def append(self, callback: Any) -> None:
+        check_callback(callback, f"callbacks[{len(self.callbacks)}]")
+        self.callbacks.append(callback)
+        self._dispatch = {}
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+        for callback in self.callbacks:
+            callback.set_model(model)
+        self._dispatch = {}
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def methods(self, hook: str) -> list[Any]:
+        """The bound methods that ``hook`` calls, in order: only callbacks that override it."""
+        methods = self._dispatch.get(hook)
+        if methods is None:
+            alias = _ALIASES.get(hook)
+            methods = [
+                getattr(cb, hook)
+                for cb in self.callbacks
+                if hasattr(cb, hook) and (_overrides(cb, hook) or (alias is not None and _overrides(cb, alias)))
+            ]
+            self._dispatch[hook] = methods
+        return methods
+
+    # ----------------------------------------------------------------- the deferred-save round
+
+    def defer(self, action: Callable[[], None]) -> None:
+        """Run ``action()`` when the current hook call has reached every callback."""
+        self._deferred.append(action)
+
+    def run_deferred(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)()
+
+    # ----------------------------------------------------------------- the hooks
+
+    def _round(self, methods: list[Any], *args: Any) -> None:
+        """Call ``methods``, then what they deferred; if one raises, its round's saves are dropped."""
+        try:
+            for method in methods:
+                method(*args)
+        except BaseException:
+            self._deferred.clear()  # they would not hold a state every callback has seen
+            raise
+        if self._deferred:
+            self.run_deferred()
+
+    def _call_batch(self, hook: str, index: int, logs: dict | None) -> None:
+        self._round(self.methods(hook), index, {} if logs is None else logs)
+
+    def _call(self, hook: str, logs: dict | None) -> None:
+        self._round(self.methods(hook), {} if logs is None else logs)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_epoch_end", epoch, logs)
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_begin", batch, logs)
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_end", batch, logs)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_train_batch_end", batch, logs)
+
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_test_batch_begin", batch, logs)
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_test_batch_end", batch, logs)
+
+    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_predict_batch_begin", batch, logs)
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._call_batch("on_predict_batch_end", batch, logs)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._call("on_train_end", logs)
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self._call("on_test_begin", logs)
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        self._call("on_test_end", logs)
+
+    def on_predict_begin(self, logs: dict | None = None) -> None:
+        self._call("on_predict_begin", logs)
+
+    def on_predict_end(self, logs: dict | None = None) -> None:
+        self._call("on_predict_end", logs)
+
+    def on_train_error(self, error: BaseException) -> None:
+        self._deferred.clear()  # what the failed round asked for
+        for method in self.methods("on_train_error"):
+            method(error)
+        self.run_deferred()  # a save asked for while training fails is written now
+
+    # ----------------------------------------------------------------- fit's training batches
+
+    def begin_train_batches(self) -> None:
+        """Look up the training-batch hooks once per ``fit``: a small model's step is short.
+
+        ``fit``'s own BaseLogger takes each step's outputs directly (:meth:`train_batch_end`),
+        so Keras' batch logs are built only when some other callback looks at single batches.
+        """
+        self._batch_begin = self.methods("on_train_batch_begin")
+        self._sums = next((c for c in self.callbacks if type(c) is BaseLogger), None)  # not a subclass
+        self._batch_end = [
+            m for m in self.methods("on_train_batch_end") if getattr(m, "__self__", None) is not self._sums
+        ]
+        self._batch_logs = bool(self._batch_begin or self._batch_end)
+
+    def train_batch_begin(self, step: int, size: int) -> Logs | None:
+        """The ``on_train_batch_begin`` round; returns the batch's logs, or None when nobody reads them."""
+        if not self._batch_logs:
+            return None
+        logs = Logs(batch=step, size=size)
+        self._round(self._batch_begin, step, logs)
+        return logs
+
+    def train_batch_end(self, step: int, size: int, outputs: dict[str, Any], logs: Logs | None) -> None:
+        """The ``on_train_batch_end`` round, with the step's ``outputs`` (device tensors, unread)."""
+        if self._sums is not None:
+            self._sums.add(outputs, size)  # first, as BaseLogger is in Keras' order
+        if logs is not None:
+            logs.update_raw(outputs)
+            self._round(self._batch_end, step, logs)
+        elif self._deferred:
+            self.run_deferred()
+
+    # ----------------------------------------------------------------- checkpoint states
+
+    def keyed(self) -> list[tuple[str, Any]]:
+        """Each callback with a key that finds it again in another run: its class name, numbered if repeated."""
+        counts: dict[str, int] = {}
+        keyed = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            index = counts.get(name, 0)
+            counts[name] = index + 1
+            keyed.append((name if index == 0 else f"{name}_{index}", callback))
+        return keyed
+
+    def states(self) -> dict[str, Any]:
+        """Every stateful callback's ``get_state()``, by key."""
+        states = {}
+        for key, callback in self.keyed():
+            get_state = getattr(callback, "get_state", None)
+            state = get_state() if callable(get_state) else None
+            if state is not None:
+                states[key] = state
+        return states
+
+    def restore_states(self, states: dict[str, Any]) -> None:
+        """Give each callback the state saved under its key (callbacks of another kind are skipped)."""
+        for key, callback in self.keyed():
+            if key in states and callable(getattr(callback, "set_state", None)):
+                callback.set_state(states[key])

@@ -1,0 +1,228 @@
+"""The steps Keras lets a model override, and the options they run with.
+
+``train_step`` runs forward, loss, backward and the optimizer step, with mixed precision,
+gradient clipping and gradient accumulation as configured, through ``torch.compile`` and
+DistributedDataParallel when asked for; ``test_step`` and ``predict_step`` run without
+gradients. :class:`torchcb.Trainer` inherits them from :class:`Steps` and runs them in its
+loops; override one on a ``Trainer`` subclass for a model that is not one input and one target.
+
+Example:
+    >>> import torch
+    >>> from torchcb import Trainer
+    >>> class PairTrainer(Trainer):
+    ...     def train_step(self, batch):
+    ...         (left, right), y = batch.x, batch.y
+    ...         loss = self.compute_loss(self.module(left) + self.module(right), y)
+    ...         self.apply_gradients(loss)
+    ...         return {"loss": loss.detach()}
+    >>> net = torch.nn.Linear(3, 1)
+    >>> trainer = PairTrainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+    >>> x = [torch.ones(8, 3), torch.ones(8, 3)]
+    >>> len(trainer.fit(x, torch.zeros(8, 1), batch_size=4, epochs=2, verbose=0).history["loss"])
+    2
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from torchcb._checks import check_int
+from torchcb.data import Batch
+from torchcb.metrics import resolve_loss, resolve_metrics
+
+__all__ = ["PRECISIONS", "Steps"]
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+_NO_AUTOCAST = contextlib.nullcontext()
+
+
+class Steps:
+    """The module, optimizer, loss and metrics, and the steps that use them (see the module's text).
+
+    Args:
+        module, optimizer, loss, metrics, precision, clipnorm, clipvalue, global_clipnorm,
+        accumulate_steps, compile: as :class:`torchcb.Trainer` takes them.
+        device: where the module runs.
+        process_group: with ``distributed`` set, the group DistributedDataParallel reduces over.
+        distributed: whether training steps go through DistributedDataParallel.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss: Any,
+        metrics: Any,
+        *,
+        device: torch.device,
+        precision: str,
+        clipnorm: float | None,
+        clipvalue: float | None,
+        global_clipnorm: float | None,
+        accumulate_steps: int,
+        compile: bool,  # noqa: A002
+        process_group: Any,
+        distributed: bool,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+        if precision == "16-mixed" and device.type != "cuda":
+            raise ValueError("precision='16-mixed' needs a CUDA device; use 'bf16-mixed' on the CPU.")
+        for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm)):
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}.")
+        check_int(accumulate_steps, "accumulate_steps", 1)
+        self.device = device
+        self.module = module.to(device)
+        self.optimizer = optimizer
+        self.loss = resolve_loss(loss)
+        if isinstance(loss, torch.nn.Module):
+            loss.to(device)
+        self.metric_objects = resolve_metrics(metrics, self.loss)
+        for metric in self.metric_objects:
+            if metric.stateful:
+                metric.to(device)  # type: ignore[attr-defined]
+        self.precision = precision
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.accumulate_steps = accumulate_steps
+        self._accumulated = 0  # batches whose gradients wait for the next optimizer step
+        self._autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        # a GradScaler keeps float16 gradients from underflowing
+        self.scaler: Any = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
+        self._module_call = torch.compile(module) if compile else module
+        # Training steps go through DistributedDataParallel under torchrun; evaluation and
+        # predict call the module itself, so ranks with uneven shards never wait on each other.
+        self._train_call = self._module_call
+        if distributed:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self._train_call = DistributedDataParallel(
+                self._module_call, device_ids=device_ids, process_group=process_group
+            )
+        self._plain_update = (
+            accumulate_steps == 1
+            and clipnorm is None
+            and clipvalue is None
+            and global_clipnorm is None
+            and self.scaler is None
+        )
+        self._fast_step = self._plain_update and self._autocast_dtype is None
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """``["loss", *metric names]``, the keys of the logs."""
+        return ["loss"] + [m.name for m in self.metric_objects]
+
+    def forward(self, x: Any, *, training: bool = False) -> Any:
+        """Call the module: a list/tuple of inputs is spread as arguments, a dict as keywords."""
+        module = self._train_call if training else self._module_call
+        if isinstance(x, dict):
+            return module(**x)
+        if isinstance(x, (list, tuple)):
+            return module(*x)
+        return module(x)
+
+    def autocast(self) -> Any:
+        """The mixed-precision context of ``precision`` (a no-op for ``"32"``)."""
+        if self._autocast_dtype is None:
+            return _NO_AUTOCAST
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    def apply_gradients(self, loss: torch.Tensor) -> None:
+        """Backward pass, then clipping and the optimizer step (every ``accumulate_steps`` batches)."""
+        if self._plain_update:  # the common case, with nothing in between
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return
+        if self._accumulated == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.accumulate_steps > 1:
+            loss = loss / self.accumulate_steps
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self._accumulated += 1
+        if self._accumulated == self.accumulate_steps:
+            self.step_optimizer()
+
+    def step_optimizer(self) -> None:
+        """Clip the gradients gathered so far and take the optimizer step."""
+        if self._accumulated == 0:
+            return
+        self._accumulated = 0
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.clipvalue is not None:
+            torch._foreach_clamp_min_(grads, -self.clipvalue)
+            torch._foreach_clamp_max_(grads, self.clipvalue)
+        if self.clipnorm is not None and grads:  # each gradient tensor on its own, as Keras does
+            norms = torch._foreach_norm(grads)
+            scales = [torch.clamp(self.clipnorm / (norm + 1e-6), max=1.0) for norm in norms]
+            torch._foreach_mul_(grads, scales)
+        if self.global_clipnorm is not None and grads:
+            torch.nn.utils.clip_grad_norm_(params, self.global_clipnorm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def compute_loss(self, y_pred: Any, y_true: Any, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch loss; with sample weights, the mean of the weighted per-sample losses."""
+        if sample_weight is None:
+            return self.loss.fn(y_pred, y_true)
+        return (self.loss.per_sample(y_pred, y_true) * sample_weight).mean()
+
+    def compute_metrics(self, y_pred: Any, y_true: Any, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch logs: ``loss`` and each metric, as device tensors."""
+        logs = {"loss": loss.detach()}
+        if self.metric_objects:
+            with torch.no_grad():
+                for metric in self.metric_objects:
+                    logs[metric.name] = metric(y_pred, y_true)
+        return logs
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch`` (``.x``, ``.y``, ``.sample_weight``, ``.size``).
+
+        Override it for models that are not one input and one target; return a dict of
+        scalar device tensors, which become the batch logs.
+        """
+        x, y, sample_weight, _ = batch
+        if self._fast_step:
+            # The default configuration, in direct calls: a small model's step is short, and
+            # every Python call around it shows in the throughput (see benchmarks/).
+            y_pred = self._train_call(x) if type(x) is torch.Tensor else self.forward(x, training=True)
+            loss = self.loss.fn(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        else:  # mixed precision, clipping or gradient accumulation
+            with self.autocast():
+                y_pred = self.forward(x, training=True)
+                loss = self.compute_loss(y_pred, y, sample_weight)
+            self.apply_gradients(loss)
+        if not self.metric_objects:
+            return {"loss": loss.detach()}
+        return self.compute_metrics(y_pred, y, loss)  # metrics run under no_grad
+
+    def test_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss and metrics on ``batch``, without gradients. Override like :meth:`train_step`."""
+        with self.autocast():
+            y_pred = self.forward(batch.x)
+            loss = self.compute_loss(y_pred, batch.y, batch.sample_weight)
+        return self.compute_metrics(y_pred, batch.y, loss)
+
+    def predict_step(self, batch: Batch) -> Any:
+        """The module's outputs for ``batch.x``."""
+        with self.autocast():
+            return self.forward(batch.x)
+
+    def _reset_stateful_metrics(self) -> None:
+        for metric in self.metric_objects:
+            if metric.stateful:
+                metric.reset()  # type: ignore[attr-defined]
