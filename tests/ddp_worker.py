@@ -16,13 +16,26 @@ from torchcb.callbacks import BackupAndRestore, Callback, CSVLogger, EarlyStoppi
 from torchcb.distributed import get_rank, get_world_size, init_from_env
 
 
-def _trainer(**options):
+def _trainer(metrics=("accuracy",), **options):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     return Trainer(
-        net, optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu", **options
+        net, optimizer, loss="sparse_categorical_crossentropy", metrics=list(metrics), device="cpu", **options
     )
+
+
+class FailAtStep(Callback):
+    """Raises once, after the given optimizer step, on every rank."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.failed = step, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.failed and self.model.optimizer.iterations == self.step:
+            self.failed = True
+            raise RuntimeError("interrupted")
 
 
 def _data():
@@ -113,6 +126,39 @@ def main():
         callbacks=[backup, failure, LambdaCallback(on_epoch_begin=lambda epoch, logs: began.append(epoch))],
     )
     report["resumed"] = {"began": began, "epochs": history.epoch, "loss": history.history["loss"]}
+
+    # Backups on disks the ranks do not share: rank 0's backup is sent to every rank.
+    backup, failure = BackupAndRestore(f"{out}/backup_rank{rank}"), FailInEpochTwo()
+    try:
+        _trainer().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[backup, failure])
+    except RuntimeError:
+        pass
+    began = []
+    history = _trainer().fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=4,
+        verbose=0,
+        callbacks=[backup, LambdaCallback(on_epoch_begin=lambda epoch, logs: began.append(epoch))],
+    )
+    report["separate_disks"] = {"began": began, "epochs": history.epoch, "loss": history.history["loss"]}
+
+    # A resume mid-epoch with a stateful metric: the epoch sums and metric states of both ranks
+    # are in the backup, so the resumed History is the uninterrupted run's.
+    from torchmetrics.classification import MulticlassAccuracy
+
+    def metric_run(callbacks):
+        trainer = _trainer(metrics=[MulticlassAccuracy(num_classes=2, average="micro")])
+        return trainer.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=callbacks).history
+
+    reference = metric_run([])
+    backup = BackupAndRestore(f"{out}/backup_mid", save_freq=1)
+    try:
+        metric_run([backup, FailAtStep(6)])  # 4 batches an epoch on each rank: in the middle of epoch 1
+    except RuntimeError:
+        pass
+    report["mid_epoch"] = {"reference": reference, "resumed": metric_run([backup])}
 
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(report, f)

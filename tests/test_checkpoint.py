@@ -79,3 +79,199 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_tar
         path.write_bytes(b"partial")
     atomic_save({"v": torch.tensor(1)}, tmp_path / "a.pt")
     assert sorted(os.listdir(tmp_path)) == sorted(["a.pt", other_target.name, unrelated.name])
+
+
+def _good_checkpoint(tmp_path):
+    from tests.conftest import make_data, make_trainer
+
+    trainer = make_trainer()
+    trainer.fit(*make_data(8), epochs=1, verbose=0)
+    trainer.model.save(tmp_path / "good.pt")
+    return (tmp_path / "good.pt").read_bytes()
+
+
+@pytest.mark.parametrize("content", ["empty", "text", "random", "truncated", "torn_end"])
+@pytest.mark.parametrize("loader", ["load_weights", "load_checkpoint", "backup"])
+def test_a_file_that_is_not_a_checkpoint_raises_one_error_naming_it(tmp_path, content, loader):
+    from tests.conftest import make_data, make_trainer
+    from torchcb.callbacks import BackupAndRestore
+    from torchcb.checkpoint import CheckpointError
+
+    good = _good_checkpoint(tmp_path)
+    data = {
+        "empty": b"",
+        "text": b"epoch,loss\n0,0.5\n",
+        "random": os.urandom(4096),
+        "truncated": good[: len(good) // 2],
+        "torn_end": good[:-10],
+    }[content]
+    path = tmp_path / "backup" / "latest.pt"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    trainer = make_trainer()
+    before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    with pytest.raises(CheckpointError, match="not a torchcb or torch checkpoint, or it is truncated") as raised:
+        if loader == "backup":
+            trainer.fit(*make_data(8), epochs=1, verbose=0, callbacks=[BackupAndRestore(path.parent)])
+        else:
+            getattr(trainer.model if loader == "load_weights" else trainer, loader)(path)
+    assert str(path) in str(raised.value)
+    assert all(torch.equal(v, before[k]) for k, v in trainer.module.state_dict().items())
+
+
+def test_a_load_that_does_not_fit_changes_nothing(tmp_path):
+    from tests.conftest import make_data, make_trainer
+    from torchcb.checkpoint import CheckpointError
+
+    wide = make_trainer(inputs=6)  # first layer 8x6 instead of 8x4
+    wide.fit(*make_data(8, inputs=6), epochs=1, verbose=0)
+    wide.model.save(tmp_path / "wide.pt")
+    trainer = make_trainer()
+    trainer.fit(*make_data(8), epochs=1, verbose=0)  # the optimizer has state of its own now
+    module_before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    optimizer_before = trainer.optimizer.state_dict()
+    for load in (trainer.load_checkpoint, trainer.model.load_weights):
+        with pytest.raises(CheckpointError, match=r"0\.weight: \(8, 6\) in the file, \(8, 4\) in the module"):
+            load(tmp_path / "wide.pt")
+    # a checkpoint whose module fits but whose optimizer has another param group layout
+    from torchcb import Trainer
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    groups = torch.optim.SGD([{"params": [p]} for p in net.parameters()], lr=0.1, momentum=0.9)
+    other = Trainer(net, groups, loss="sparse_categorical_crossentropy", device="cpu")
+    other.fit(*make_data(8), epochs=1, verbose=0)
+    other.model.save(tmp_path / "groups.pt")
+    with pytest.raises(CheckpointError, match="does not fit the optimizer"):
+        trainer.load_checkpoint(tmp_path / "groups.pt")
+    assert all(torch.equal(v, module_before[k]) for k, v in trainer.module.state_dict().items())
+    after = trainer.optimizer.state_dict()
+    assert after["param_groups"] == optimizer_before["param_groups"]
+    assert after["state"].keys() == optimizer_before["state"].keys()
+
+
+def _disk_full_run(tmp_path, script):
+    """Run ``script`` in a process of its own with a 1 MiB filesystem mounted at tmp_path/small."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("a full disk is made in a private mount namespace (util-linux unshare)")
+    small = tmp_path / "small"
+    small.mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = f'mount -t tmpfs -o size=1m tmpfs {small} && exec {sys.executable} -c "$SCRIPT"'
+    out = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SCRIPT": script, "PYTHONPATH": root, "SMALL": str(small)},
+        timeout=120,
+    )
+    if "mount" in out.stderr and out.returncode != 0 and "Traceback" not in out.stderr:
+        pytest.skip(f"cannot mount a small filesystem here: {out.stderr.strip()}")
+    return out
+
+
+def test_a_full_disk_raises_an_error_naming_the_file_and_keeps_the_old_one(tmp_path):
+    script = """
+import errno, os, torch
+from torchcb.checkpoint import atomic_save, safe_load
+path = os.path.join(os.environ["SMALL"], "w.pt")
+atomic_save({"w": torch.ones(10)}, path)
+try:
+    atomic_save({"w": torch.zeros(1_000_000)}, path)  # 4 MB on a 1 MiB disk
+except OSError as error:
+    print("errno", errno.errorcode[error.errno])
+    print("message", error)
+print("kept", safe_load(path)["w"].tolist() == [1.0] * 10, sorted(os.listdir(os.environ["SMALL"])))
+"""
+    out = _disk_full_run(tmp_path, script)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "errno ENOSPC" in out.stdout
+    assert f"{tmp_path / 'small' / 'w.pt'}" in out.stdout and "the disk is full" in out.stdout
+    assert "kept True ['w.pt']" in out.stdout
+
+
+def test_the_background_writer_lets_the_caller_go_on_and_keeps_only_the_newest_queued_snapshot(tmp_path):
+    import threading
+
+    from torchcb.checkpoint import BackgroundWriter
+
+    path, written = str(tmp_path / "w.pt"), []
+    started, gate = threading.Event(), threading.Event()
+
+    def write(version):
+        def run():
+            if version == 1:
+                started.set()
+                gate.wait(30)  # the first write is slow; meanwhile the caller goes on
+            atomic_save({"v": torch.tensor(version)}, path)
+            written.append(version)
+
+        return run
+
+    writer = BackgroundWriter()
+    writer.submit(path, write(1))
+    started.wait(30)
+    writer.submit(path, write(2))  # queued behind the write in flight
+    writer.submit(path, write(3))  # replaces 2, which is never written
+    assert written == []  # submit returned while the first write waits
+    gate.set()
+    writer.wait()
+    assert written == [1, 3] and safe_load(path)["v"].item() == 3
+    assert not [t for t in threading.enumerate() if t.name == "torchcb-checkpoint-writer"]
+
+
+def test_a_failed_background_write_is_raised_once_in_the_caller(tmp_path):
+    from torchcb.checkpoint import BackgroundWriter
+
+    (tmp_path / "file").write_text("a file, not a directory")
+    bad = str(tmp_path / "file" / "w.pt")
+    writer = BackgroundWriter()
+    writer.submit(bad, lambda: atomic_save({"v": torch.tensor(1)}, bad))
+    with pytest.raises((NotADirectoryError, FileExistsError)):
+        writer.wait()
+    writer.wait()  # reported once
+
+
+def test_a_checkpoint_that_fails_in_the_background_stops_fit_with_its_error(tmp_path):
+    from tests.conftest import make_data, make_trainer
+    from torchcb.callbacks import Callback, ModelCheckpoint
+
+    errors = []
+
+    class BlockEpochTwosDirectory(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                (tmp_path / "ckpt").mkdir(exist_ok=True)
+                (tmp_path / "ckpt" / "2").write_text("in the way of the directory for epoch 2")
+
+        def on_train_error(self, error):
+            errors.append(error)
+
+    checkpoint = ModelCheckpoint(str(tmp_path / "ckpt" / "{epoch}" / "w.pt"), save_weights_only=True)
+    trainer = make_trainer()
+    with pytest.raises((NotADirectoryError, FileExistsError)):
+        trainer.fit(*make_data(8), epochs=5, verbose=0, callbacks=[checkpoint, BlockEpochTwosDirectory()])
+    assert len(errors) == 1 and isinstance(errors[0], (NotADirectoryError, FileExistsError))
+    assert safe_load(tmp_path / "ckpt" / "1" / "w.pt").keys() == trainer.module.state_dict().keys()
+
+
+def test_fit_returns_with_every_checkpoint_on_disk(tmp_path):
+    import threading
+
+    from tests.conftest import make_data, make_trainer
+    from torchcb.callbacks import BackupAndRestore, ModelCheckpoint
+
+    trainer = make_trainer()
+    callbacks = [
+        ModelCheckpoint(str(tmp_path / "w{epoch}.pt"), save_freq=1),
+        BackupAndRestore(tmp_path / "backup", save_freq=1, delete_checkpoint=False),
+    ]
+    trainer.fit(*make_data(64), batch_size=4, epochs=2, verbose=0, callbacks=callbacks)
+    assert not [t for t in threading.enumerate() if t.name == "torchcb-checkpoint-writer"]
+    assert safe_load(tmp_path / "w2.pt")["step"] == 32 and safe_load(tmp_path / "backup" / "latest.pt")["step"] == 32
+    assert all(
+        torch.equal(safe_load(tmp_path / "w2.pt")["module"][k], v) for k, v in trainer.module.state_dict().items()
+    )

@@ -91,3 +91,22 @@ def test_backup_and_restore_resumes_a_two_rank_run(runs):
         assert resumed["epochs"] == [0, 1, 2, 3]
     assert ranks[0]["resumed"]["loss"] == ranks[1]["resumed"]["loss"]
     assert not (out / "backup").exists()
+
+
+def test_ranks_with_backups_on_separate_disks_resume_from_rank_0s(runs):
+    out, _, ranks, _ = runs
+    for rank in (0, 1):
+        assert ranks[rank]["separate_disks"]["began"] == [2, 3]  # rank 1 had none: it got rank 0's
+        assert ranks[rank]["separate_disks"]["epochs"] == [0, 1, 2, 3]
+    assert ranks[0]["separate_disks"]["loss"] == ranks[1]["separate_disks"]["loss"]
+    assert ranks[0]["separate_disks"]["loss"] == ranks[0]["resumed"]["loss"]  # as with one shared directory
+    assert not (out / "backup_rank0").exists()
+
+
+def test_a_mid_epoch_resume_keeps_the_sums_and_metric_states_of_every_rank(runs):
+    _, _, ranks, _ = runs
+    for rank in (0, 1):
+        reference, resumed = ranks[rank]["mid_epoch"]["reference"], ranks[rank]["mid_epoch"]["resumed"]
+        assert sorted(resumed) == ["loss", "multiclass_accuracy"]
+        for key in reference:
+            assert resumed[key] == pytest.approx(reference[key], rel=1e-9, abs=1e-12), key

@@ -378,6 +378,28 @@ def test_optimizer_iterations_counts_steps():
         ({"callbacks": ["not a callback"]}, "callbacks[0] must be a Callback instance"),
         ({"callbacks": [History]}, "callbacks[0] is the class History"),
         ({"steps_per_epoch": 0}, "steps_per_epoch must be a positive int"),
+        ({"x": np.array([["a", "b", "c", "d"]] * 10)}, "x holds strings (dtype <U1); expected numbers"),
+        ({"x": np.array([[object()] * 4] * 10, dtype=object)}, "x holds Python objects"),
+        ({"x": [[1.0, 2.0, 3.0, 4.0]] * 9 + [[1.0, 2.0]]}, "x is ragged: its nested lists have rows of different"),
+        ({"y": np.array(["cat"] * 10)}, "y holds strings"),
+        ({"y": [[1], [2, 3]] * 5}, "y is ragged"),
+        ({"sample_weight": np.array(["a"] * 10)}, "sample_weight holds strings"),
+        ({"class_weight": {"a": 1.0}}, "class_weight keys must be class indices (ints >= 0), got 'a'"),
+        ({"class_weight": {0: "heavy"}}, "class_weight values must be numbers, got 'heavy'"),
+        ({"class_weight": [1.0, 2.0]}, "class_weight must be a dict mapping class index to weight, got list"),
+        (
+            {"validation_data": (np.zeros((5, 4), np.float32), np.zeros(4, np.int64))},
+            "validation_data: x and y must have the same number of samples, got x with 5 and y with 4",
+        ),
+        (
+            {"validation_data": (np.array([["a"] * 4] * 5), np.zeros(5, np.int64))},
+            "validation_data: x holds strings",
+        ),
+        ({"validation_data": np.zeros((5, 4), np.float32)}, "validation_data must be (x_val, y_val), (x_val, y_val"),
+        (
+            {"validation_data": [(np.zeros((2, 4), np.float32), np.zeros(2, np.int64))] * 2 + [np.zeros((2, 4))]},
+            "validation_data: batch 2: each batch must be (x, y) or (x, y, sample_weight), got ndarray",
+        ),
     ],
 )
 def test_bad_fit_arguments_raise_before_any_hook(kwargs, message):
@@ -392,6 +414,20 @@ def test_bad_fit_arguments_raise_before_any_hook(kwargs, message):
         trainer.fit(**args)
     assert message in str(error.value)
     assert rec.calls == []
+
+
+def test_validation_data_as_a_list_or_a_list_of_batches():
+    x, y = make_data(10)
+    xv, yv = make_data(6)
+    batches = [(xv[i : i + 2], yv[i : i + 2]) for i in range(0, 6, 2)]
+    results = []
+    # a tuple is always (x, y) or (x, y, sample_weight), as in Keras; a list of batches is an iterable
+    for validation_data in [(xv, yv), [xv, yv], [xv, yv.tolist()], batches, batches + batches[:1]]:
+        torch.manual_seed(0)
+        trainer = make_trainer()
+        history = trainer.fit(x, y, batch_size=5, epochs=1, verbose=0, validation_data=validation_data)
+        results.append(history.history["val_loss"][0])
+    assert results[:4] == pytest.approx([results[0]] * 4, rel=1e-6)  # the same 6 samples every way
 
 
 def test_empty_data_is_refused():

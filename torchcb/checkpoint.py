@@ -11,7 +11,7 @@ Checkpoint format (a dict of tensors, numbers, strings, lists and dicts):
 key                 value
 ==================  =====================================================================
 ``format``          ``"torchcb.checkpoint"``
-``format_version``  ``1``
+``format_version``  ``2`` (version 1 files, without the last three keys, load too)
 ``module``          the module's ``state_dict``
 ``optimizer``       the optimizer's ``state_dict``
 ``epoch``           the epoch to resume at (epochs completed)
@@ -23,7 +23,17 @@ key                 value
 ``callbacks``       each stateful callback's ``get_state()``, keyed by class name
                     (``EarlyStopping``, ``EarlyStopping_1`` for a second one ...)
 ``scaler``          the ``GradScaler`` state, when training uses one
+``stop_training``   whether training had been asked to stop: a resumed run stops too
+``accumulation``    with ``accumulate_steps`` > 1, mid-group: ``count`` batches whose
+                    gradients are pending, and those gradients (``grads``, one per parameter)
+``metrics``         each stateful metric's accumulated state (torchmetrics' metric states,
+                    or the object's ``state_dict``), by metric name
 ==================  =====================================================================
+
+Loads check before they change anything: a file that is not a checkpoint, is truncated, or
+does not fit the module or the optimizer raises :class:`CheckpointError` naming the file,
+and the module and optimizer are left as they were. A write that fills the disk raises
+``OSError(ENOSPC)`` naming the file; the previous file stays whole.
 
 :class:`TrainingState` is that dict as a type: ``capture`` takes it from a trainer at a save
 point, ``load`` reads and checks a file, ``restore`` and ``resume`` give it back.
@@ -41,15 +51,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import io
 import os
 import pickle
 import random
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
+
+from torchcb import distributed
 
 # torch.save imports its serialization config on first use, which takes milliseconds;
 # importing it with torchcb keeps that out of a run's first checkpoint.
@@ -63,10 +78,14 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "BackgroundWriter",
+    "CheckpointError",
     "TrainingState",
     "atomic_save",
     "atomic_write",
     "load_module_state",
+    "to_host",
+    "write_checkpoint",
     "safe_load",
     "rng_state",
     "set_rng_state",
@@ -74,7 +93,14 @@ __all__ = [
 ]
 
 FORMAT = "torchcb.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be loaded: not a torch file, truncated, refused, or not fitting the trainer.
+
+    Nothing in the trainer has changed when it is raised.
+    """
 
 
 def _fsync_directory(directory: str) -> None:
@@ -105,27 +131,56 @@ def _remove_stale_temporaries(directory: str, name: str) -> None:
             os.unlink(path)
 
 
+class _RememberedWrites:
+    """A file that remembers the OSError of a failed write: torch.save reports one as its own RuntimeError."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` with ``write(file)`` so that a crash leaves the old file or the new one.
 
     A temporary file in the target's directory is written, flushed and fsynced, then
     ``os.replace``d over the target and the directory fsynced; the temporary file is
-    removed if anything fails.
+    removed if anything fails. A full disk raises ``OSError(ENOSPC)`` naming ``path``.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     _remove_stale_temporaries(directory, os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    file = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            file = _RememberedWrites(f)
+            write(file)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        cause = file.error if file is not None and file.error is not None else error
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
+            raise OSError(
+                cause.errno,
+                f"No space left on the device to write {path!r} (the disk is full); the previous file is intact",
+            ) from error
         raise
     _fsync_directory(directory)
 
@@ -135,15 +190,126 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load a file written by :func:`atomic_save`, refusing anything that would run code."""
+def to_host(value: Any) -> Any:
+    """A copy of ``value`` with every tensor copied to host memory: training may change the originals."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(v) for v in value)
+    return value
+
+
+def write_checkpoint(path: str, state: Any, keep_previous: str | None = None) -> None:
+    """``atomic_save`` ``state`` to ``path``; with ``keep_previous``, first copy the file it replaces there."""
+    if keep_previous is not None and os.path.exists(path):
+        with open(path, "rb") as f:
+            previous = f.read()
+        atomic_write(keep_previous, lambda out: out.write(previous))
+    atomic_save(state, path)
+
+
+class BackgroundWriter:
+    """Writes checkpoint files on a thread of its own, so training goes on while they are written.
+
+    ``submit(target, write)`` queues ``write()``, which writes ``target`` (atomically: see
+    :func:`atomic_write`). Files are written one at a time, in order; a newer write of a
+    target still queued replaces the queued one, and ``submit`` waits while ``max_queued``
+    writes of other targets are queued, so snapshots waiting in memory stay few. ``wait()``
+    returns once every submitted write is on disk. A write that fails is reported by the
+    next ``submit``, ``check`` or ``wait``. The thread exists only while there is work.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> writer = BackgroundWriter()
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
+        >>> writer.submit(path, lambda: atomic_save({"w": torch.ones(1)}, path))
+        >>> writer.wait()
+        >>> safe_load(path)["w"]
+        tensor([1.])
+    """
+
+    def __init__(self, max_queued: int = 2) -> None:
+        self.max_queued = max_queued
+        self.error: BaseException | None = None  # the first failed write not reported yet
+        self._condition = threading.Condition()
+        self._queue: dict[str, Callable[[], None]] = {}  # target -> its newest write, in order
+        self._thread: threading.Thread | None = None
+
+    def submit(self, target: str, write: Callable[[], None]) -> None:
+        self.check()
+        with self._condition:
+            while target not in self._queue and len(self._queue) >= self.max_queued:
+                self._condition.wait()
+            self._queue.pop(target, None)  # the newer snapshot replaces the queued one
+            self._queue[target] = write
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="torchcb-checkpoint-writer", daemon=True)
+                self._thread.start()
+            self._condition.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                if not self._queue:
+                    self._thread = None
+                    self._condition.notify_all()
+                    return
+                target = next(iter(self._queue))
+                write = self._queue.pop(target)
+                self._condition.notify_all()  # a submit waiting for room may go on
+            try:
+                write()
+            except BaseException as error:  # reported in the training thread
+                with self._condition:
+                    if self.error is None:
+                        self.error = error
+
+    def check(self) -> None:
+        """Raise the error of a write that failed since the last check, if any."""
+        if self.error is not None:
+            with self._condition:
+                error, self.error = self.error, None
+            if error is not None:
+                raise error
+
+    def wait(self) -> None:
+        """Return once every submitted write is on disk; raise the error of one that failed."""
+        with self._condition:
+            thread = self._thread
+            while self._thread is not None:  # it leaves once the queue is empty
+                self._condition.wait()
+        if thread is not None:
+            thread.join()
+        self.check()
+
+
+def safe_load(path: str | os.PathLike | io.BytesIO, map_location: Any = "cpu", source: str | None = None) -> Any:
+    """Load a file written by :func:`atomic_save` (or its bytes), refusing anything that would run code.
+
+    A missing file raises ``FileNotFoundError``; anything else that stops the load raises
+    :class:`CheckpointError` naming the file (``source``, for bytes).
+    """
+    name = source if source is not None else os.fspath(path)  # type: ignore[arg-type]
     try:
-        return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        return torch.load(path if isinstance(path, io.BytesIO) else name, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
     except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"Refusing to load {os.fspath(path)!r}: it is not a checkpoint of plain tensors and "
-            f"containers (torch.load with weights_only=True rejected it: {error})."
-        ) from error
+        if "GLOBAL" in str(error) or "global" in str(error):  # an object whose loading runs code
+            raise CheckpointError(
+                f"Refusing to load {name!r}: it is not a checkpoint of plain tensors and "
+                f"containers (torch.load with weights_only=True rejected it: {error})."
+            ) from error
+        raise CheckpointError(_not_a_checkpoint(name, error)) from error
+    except Exception as error:  # torch reports a torn or foreign file in many ways
+        raise CheckpointError(_not_a_checkpoint(name, error)) from error
+
+
+def _not_a_checkpoint(name: str, error: BaseException) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "the file ends too early"
+    return f"{name!r} is not a torchcb or torch checkpoint, or it is truncated ({type(error).__name__}: {reason})."
 
 
 def check_writable(path: str | os.PathLike, argument: str) -> None:
@@ -200,15 +366,56 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def check_module_state(module: torch.nn.Module, state: Any, source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` loads into ``module`` (same keys and shapes)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source!r} holds no module state_dict (found a {type(state).__name__}).")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{key}: {tuple(state[key].shape)} in the file, {tuple(value.shape)} in the module"
+        for key, value in own.items()
+        if key in state
+        and isinstance(value, torch.Tensor)
+        and isinstance(state[key], torch.Tensor)
+        and state[key].shape != value.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if mismatched:
+        problems.append("shapes differ: " + "; ".join(mismatched))
+    if problems:
+        raise CheckpointError(f"{source!r} does not fit the module ({', '.join(problems)}); nothing was loaded.")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` loads into ``optimizer`` (the same param groups)."""
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not isinstance(state.get("state"), dict):
+        raise CheckpointError(f"{source!r} holds no optimizer state_dict; nothing was loaded.")
+    own = [len(group["params"]) for group in optimizer.param_groups]
+    saved = [len(group.get("params", [])) for group in groups]
+    if own != saved:
+        raise CheckpointError(
+            f"{source!r} does not fit the optimizer: its param groups hold {saved} parameters, the "
+            f"optimizer's hold {own}; nothing was loaded."
+        )
+
+
 @dataclasses.dataclass
 class TrainingState:
     """Everything a full checkpoint holds; the fields are the keys of the format above.
 
     :meth:`capture` takes the state of a trainer at a save point; :meth:`as_dict` is the
     file's content and :meth:`load` reads a file back (checked: a torchcb checkpoint of a
-    version this torchcb reads). :meth:`restore` puts the module, optimizer, GradScaler and
-    counters back at once; :meth:`resume` gives the callbacks of the next ``fit`` their
-    states and says where that ``fit`` starts.
+    version this torchcb reads). :meth:`restore` checks that it fits the trainer, then puts
+    the module, optimizer, GradScaler and counters back; :meth:`resume` gives the next
+    ``fit`` the rest (callback and metric states, pending gradients, the stop flag) and says
+    where that ``fit`` starts.
 
     Example:
         >>> import os, tempfile, torch
@@ -232,11 +439,25 @@ class TrainingState:
     epoch_rng: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     callbacks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stop_training: bool = False
+    accumulation: dict[str, Any] | None = None
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def capture(cls, trainer: Trainer) -> TrainingState:
-        """The trainer's state now: inside ``fit``, with the state of every callback."""
+    def capture(cls, trainer: Trainer, all_ranks: bool = False) -> TrainingState:
+        """The trainer's state now: inside ``fit``, with the state of every callback.
+
+        Under torchrun, ``all_ranks=True`` (every rank capturing at the same point, as
+        BackupAndRestore does) makes the epoch sums and the metric states those of all
+        ranks; otherwise they are this rank's.
+        """
         callbacks = trainer.callback_list
+        all_ranks = all_ranks and distributed.get_world_size() > 1
+        metrics = {}
+        for metric in trainer.metric_objects:
+            state = metric.get_state(all_ranks) if metric.stateful else None  # type: ignore[attr-defined]
+            if state is not None:
+                metrics[metric.name] = state
         return cls(
             module=trainer.module.state_dict(),
             optimizer=trainer.optimizer.state_dict(),
@@ -246,7 +467,10 @@ class TrainingState:
             rng=rng_state(),
             epoch_rng=trainer.epoch_start_rng if trainer.batches_done else None,
             scaler=None if trainer.scaler is None else trainer.scaler.state_dict(),
-            callbacks={} if callbacks is None else callbacks.states(),
+            callbacks={} if callbacks is None else callbacks.states(all_ranks),
+            stop_training=bool(trainer.model.stop_training),
+            accumulation=trainer.pending_gradients(),
+            metrics=metrics,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -261,11 +485,15 @@ class TrainingState:
             "step": self.step,
             "rng": self.rng,
             "callbacks": self.callbacks,
+            "stop_training": self.stop_training,
+            "metrics": self.metrics,
         }
         if self.epoch_rng is not None:
             state["epoch_rng"] = self.epoch_rng
         if self.scaler is not None:
             state["scaler"] = self.scaler
+        if self.accumulation is not None:
+            state["accumulation"] = self.accumulation
         return state
 
     def save(self, path: str | os.PathLike) -> None:
@@ -273,30 +501,45 @@ class TrainingState:
         atomic_save(self.as_dict(), path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: Any = "cpu") -> TrainingState:
-        """Read a full checkpoint; ``ValueError`` if ``path`` holds something else."""
-        data = safe_load(path, map_location=map_location)
-        name = os.fspath(path)
+    def load(
+        cls, path: str | os.PathLike | io.BytesIO, map_location: Any = "cpu", source: str | None = None
+    ) -> TrainingState:
+        """Read a full checkpoint (a file, or its bytes from ``source``); :class:`CheckpointError` if it is not one."""
+        data = safe_load(path, map_location=map_location, source=source)
+        name = source if source is not None else os.fspath(path)  # type: ignore[arg-type]
         if not (isinstance(data, dict) and data.get("format") == FORMAT):
-            raise ValueError(f"{name!r} is not a full torchcb checkpoint (written by model.save).")
+            raise CheckpointError(f"{name!r} is not a full torchcb checkpoint (written by model.save).")
         if data.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
+            raise CheckpointError(
                 f"{name!r} has format version {data['format_version']}; this torchcb reads up to {FORMAT_VERSION}."
             )
-        return cls(
-            module=data["module"],
-            optimizer=data["optimizer"],
-            epoch=int(data["epoch"]),
-            batch=int(data.get("batch", 0)),
-            step=int(data["step"]),
-            rng=data["rng"],
-            epoch_rng=data.get("epoch_rng"),
-            scaler=data.get("scaler"),
-            callbacks=data.get("callbacks", {}),
-        )
+        try:
+            return cls(
+                module=data["module"],
+                optimizer=data["optimizer"],
+                epoch=int(data["epoch"]),
+                batch=int(data.get("batch", 0)),
+                step=int(data["step"]),
+                rng=data["rng"],
+                epoch_rng=data.get("epoch_rng"),
+                scaler=data.get("scaler"),
+                callbacks=data.get("callbacks", {}),
+                stop_training=bool(data.get("stop_training", False)),
+                accumulation=data.get("accumulation"),
+                metrics=data.get("metrics", {}),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"{name!r} is a torchcb checkpoint with a missing or bad entry ({error!r})."
+            ) from None
 
-    def restore(self, trainer: Trainer) -> None:
-        """Put the module, optimizer, GradScaler and counters back into ``trainer``."""
+    def restore(self, trainer: Trainer, source: str = "the checkpoint") -> None:
+        """Check that the state fits ``trainer``, then put the module, optimizer, GradScaler and counters back.
+
+        Raises :class:`CheckpointError` with nothing changed when it does not fit.
+        """
+        check_module_state(trainer.module, self.module, source)
+        check_optimizer_state(trainer.optimizer, self.optimizer, source)
         trainer.module.load_state_dict(self.module)
         trainer.optimizer.load_state_dict(self.optimizer)
         if trainer.scaler is not None and self.scaler is not None:
@@ -304,17 +547,30 @@ class TrainingState:
         trainer.epochs_completed = self.epoch
         trainer.optimizer_steps = self.step
 
-    def resume(self, callbacks: CallbackList) -> tuple[int, int]:
-        """Give ``callbacks`` their saved states; returns ``(epoch, batches of it already done)``."""
+    def resume(self, trainer: Trainer, callbacks: CallbackList) -> tuple[int, int]:
+        """Give the starting ``fit`` what it resumes with; returns ``(epoch, batches of it already done)``.
+
+        The callbacks' and metrics' states, the gradients of an unfinished accumulation
+        group and the stop flag. Under torchrun, states summed over ranks (the epoch sums,
+        metric states) go to rank 0 and the other ranks start theirs empty, so that the next
+        reduction counts every sample once.
+        """
         callbacks.restore_states(self.callbacks)
+        for metric in trainer.metric_objects:
+            if metric.stateful and metric.name in self.metrics:
+                if distributed.is_main_process():
+                    metric.set_state(self.metrics[metric.name])  # type: ignore[attr-defined]
+                else:
+                    metric.reset()  # type: ignore[attr-defined]
+        trainer.restore_pending_gradients(self.accumulation)
+        trainer.model.stop_training = self.stop_training
         return self.epoch, self.batch
 
 
-def load_module_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """The module ``state_dict`` in a weights file (``save_weights``) or a full checkpoint."""
+def load_module_state(path: str | os.PathLike, module: torch.nn.Module, map_location: Any = "cpu") -> dict[str, Any]:
+    """The module ``state_dict`` in a weights file (``save_weights``) or a full checkpoint, checked to fit ``module``."""
     state = safe_load(path, map_location=map_location)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         state = state["module"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{os.fspath(path)!r} holds no state_dict.")
+    check_module_state(module, state, os.fspath(path))
     return state

@@ -114,23 +114,40 @@ def _is_number_nest(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _to_tensor(value: Any, device: torch.device | str) -> torch.Tensor:
+_KINDS = {"U": "strings", "S": "bytes", "O": "Python objects", "M": "dates", "m": "time deltas", "c": "complex numbers"}
+
+
+def _as_array(value: Any, argument: str) -> np.ndarray:
+    """``np.asarray(value)``, with ragged nested lists reported against ``argument``."""
+    try:
+        return np.asarray(value)
+    except ValueError:
+        raise ValueError(
+            f"{argument} is ragged: its nested lists have rows of different lengths; pass rows of one length "
+            "or an array."
+        ) from None
+
+
+def _to_tensor(value: Any, device: torch.device | str, argument: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(device)
-    array = np.asarray(value)
+    array = _as_array(value, argument)
     if array.dtype.kind == "f":  # Keras casts float inputs to floatx
         return torch.as_tensor(array, dtype=torch.get_default_dtype()).to(device)
     if array.dtype.kind in "iu":
         return torch.as_tensor(array.astype(np.int64)).to(device)
     if array.dtype.kind == "b":
         return torch.as_tensor(array).to(device)
-    raise ValueError(f"cannot turn an array of dtype {array.dtype} into a tensor.")
+    raise ValueError(
+        f"{argument} holds {_KINDS.get(array.dtype.kind, array.dtype.name)} (dtype {array.dtype}); expected numbers "
+        "or booleans (encode labels and text as numbers first)."
+    )
 
 
-def _to_arrays(x: Any, device: torch.device | str) -> Any:
+def _to_arrays(x: Any, device: torch.device | str, argument: str) -> Any:
     if isinstance(x, (list, tuple)) and x and not all(_is_array(v) for v in x):
-        x = np.asarray(x)
-    return tree_map(lambda v: _to_tensor(v, device), x)
+        x = _as_array(x, argument)
+    return tree_map(lambda v: _to_tensor(v, device, argument), x)
 
 
 def _length(struct: Any, argument: str) -> int:
@@ -301,11 +318,18 @@ class IterableSource(Source):
         steps: int | None,
         with_targets: bool,
         weights_fn: Callable[[Any, Any], torch.Tensor | None] | None = None,
+        where: str = "",
     ) -> None:
         self.data = data
         self.device = torch.device(device)
         self.with_targets = with_targets
         self.weights_fn = weights_fn
+        if isinstance(data, (list, tuple)):  # batches in memory: each one is checked now, before training
+            for index, element in enumerate(data):
+                try:
+                    _unpack(element, with_targets)
+                except ValueError as error:
+                    raise ValueError(f"{where or 'x: '}batch {index}: {error}") from None
         self._one_shot = iter(data) is data if not isinstance(data, DataLoader) else False
         if steps is None:
             length = None
@@ -319,7 +343,7 @@ class IterableSource(Source):
                     f"{type(data).__name__} without a length."
                 )
             if length == 0:
-                raise ValueError("x: the data is empty (it yields no batches).")
+                raise ValueError(f"{where or 'x: '}the data is empty (it yields no batches).")
             self.steps = length
             self._fixed_steps = False
         else:
@@ -345,7 +369,7 @@ class IterableSource(Source):
         def move(value: Any) -> torch.Tensor:
             if isinstance(value, torch.Tensor):
                 return value.to(self.device, non_blocking=non_blocking)
-            return _to_tensor(value, self.device)
+            return _to_tensor(value, self.device, "each batch")
 
         x = tree_map(move, x)
         y = tree_map(move, y)
@@ -399,15 +423,19 @@ _EXHAUSTED = object()
 
 
 def _class_weight_fn(class_weight: dict[Any, float] | None, device: torch.device | str) -> Callable | None:
-    if not class_weight:
-        return None
-    if not isinstance(class_weight, dict):
+    if class_weight is not None and not isinstance(class_weight, dict):
         raise ValueError(
             f"class_weight must be a dict mapping class index to weight, got {type(class_weight).__name__}."
         )
+    if not class_weight:
+        return None
+    bad = [k for k in class_weight if not (is_int(k) or isinstance(k, np.integer)) or k < 0]
+    if bad:
+        raise ValueError(f"class_weight keys must be class indices (ints >= 0), got {bad[0]!r}.")
+    weights_given = [w for w in class_weight.values() if isinstance(w, bool) or not isinstance(w, (int, float))]
+    if weights_given:
+        raise ValueError(f"class_weight values must be numbers, got {weights_given[0]!r}.")
     keys = [int(k) for k in class_weight]
-    if min(keys) < 0:
-        raise ValueError(f"class_weight keys must be non-negative class indices, got {sorted(keys)}.")
     table = torch.ones(max(keys) + 1, dtype=torch.get_default_dtype())
     for key, weight in class_weight.items():
         table[int(key)] = float(weight)
@@ -440,22 +468,26 @@ def array_source(
     shard: tuple[int, int] | None = None,
     pad: bool = True,
     seed: int | None = None,
+    where: str = "",
 ) -> ArraySource:
-    """Move in-memory arrays to the device once and batch them there."""
-    x_t = _to_arrays(x, device)
-    n = _length(x_t, "x")
+    """Move in-memory arrays to the device once and batch them there.
+
+    ``where`` starts every error message (``"validation_data: "`` for validation arrays).
+    """
+    x_t = _to_arrays(x, device, f"{where}x")
+    n = _length(x_t, f"{where}x")
     if n == 0:
-        raise ValueError("x: the data is empty (0 samples).")
-    y_t = None if y is None else _to_arrays(y, device)
+        raise ValueError(f"{where}x: the data is empty (0 samples).")
+    y_t = None if y is None else _to_arrays(y, device, f"{where}y")
     if y_t is not None:
-        n_y = _length(y_t, "y")
+        n_y = _length(y_t, f"{where}y")
         if n_y != n:
-            raise ValueError(f"x and y must have the same number of samples, got x with {n} and y with {n_y}.")
+            raise ValueError(f"{where}x and y must have the same number of samples, got x with {n} and y with {n_y}.")
     weights = None
     if sample_weight is not None:
-        weights = _to_tensor(sample_weight, device).to(torch.get_default_dtype()).reshape(-1)
+        weights = _to_tensor(sample_weight, device, f"{where}sample_weight").to(torch.get_default_dtype()).reshape(-1)
         if weights.shape[0] != n:
-            raise ValueError(f"sample_weight must have one weight per sample ({n}), got {weights.shape[0]}.")
+            raise ValueError(f"{where}sample_weight must have one weight per sample ({n}), got {weights.shape[0]}.")
     class_weights = _class_weight_fn(class_weight, device)
     if class_weights is not None:
         weights = class_weights(y_t, weights)  # computed once for the whole array
@@ -465,7 +497,7 @@ def array_source(
 def split_arrays(x: Any, y: Any, sample_weight: Any, validation_split: float) -> tuple[Any, Any]:
     """Split off the last ``validation_split`` fraction, before any shuffling (as Keras does)."""
     if isinstance(x, (list, tuple)) and not all(_is_array(v) for v in x):
-        x = np.asarray(x)
+        x = _as_array(x, "x")
     n = _length(x, "x")
     split_at = int(n * (1.0 - validation_split))
     if split_at == 0 or split_at == n:
@@ -500,8 +532,12 @@ def make_source(
     shard: tuple[int, int] | None = None,
     pad: bool = True,
     seed: int | None = None,
+    where: str = "",
 ) -> Source:
-    """Pick the source for ``x``: in-memory arrays, a Dataset/DataLoader, or an iterable."""
+    """Pick the source for ``x``: in-memory arrays, a Dataset/DataLoader, or an iterable.
+
+    ``where`` starts every error message about the data (``"validation_data: "``).
+    """
     if x is None:
         raise ValueError("x is required: pass arrays, tensors, a Dataset, a DataLoader or a generator.")
     if steps is not None and (not is_int(steps) or steps <= 0):
@@ -523,6 +559,7 @@ def make_source(
             shard=shard,
             pad=pad,
             seed=seed,
+            where=where,
         )
     if y is not None:
         raise ValueError(f"y must not be given when x is a {type(x).__name__}: its batches hold the targets.")
@@ -567,7 +604,18 @@ def make_source(
         raise ValueError(
             f"x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got {type(x).__name__}."
         )
-    return IterableSource(data, device, steps, with_targets, _class_weight_fn(class_weight, device))
+    return IterableSource(data, device, steps, with_targets, _class_weight_fn(class_weight, device), where)
+
+
+def _is_xy(data: Any) -> bool:
+    """``(x, y)`` or ``(x, y, sample_weight)`` of in-memory arrays: a tuple, or a list as Keras 2 took it.
+
+    A list whose second item is itself a batch, ``[(x1, y1), (x2, y2)]``, is a list of batches.
+    """
+    if not (isinstance(data, (tuple, list)) and len(data) in (2, 3) and is_array_input(data[0])):
+        return False
+    second = data[1]
+    return isinstance(data, tuple) or _is_array(second) or isinstance(second, dict) or _is_number_nest(second)
 
 
 def validation_source(
@@ -578,11 +626,12 @@ def validation_source(
     device: torch.device | str,
     shard: tuple[int, int] | None = None,
 ) -> Source | None:
-    """The source for ``fit``'s ``validation_data``: ``(x, y)``, ``(x, y, sample_weight)``, a
-    Dataset, a DataLoader or an iterable of batches; ``None`` for none. Never shuffled or padded."""
+    """The source for ``fit``'s ``validation_data``: ``(x, y)`` or ``(x, y, sample_weight)`` (a tuple or a
+    list), a Dataset, a DataLoader or an iterable of batches; ``None`` for none. Never shuffled or padded."""
     if validation_data is None:
         return None
-    if isinstance(validation_data, tuple) and len(validation_data) in (2, 3) and is_array_input(validation_data[0]):
+    where = "validation_data: "
+    if _is_xy(validation_data):
         x_val, y_val = validation_data[0], validation_data[1]
         weights = validation_data[2] if len(validation_data) == 3 else None
         return make_source(
@@ -596,11 +645,12 @@ def validation_source(
             steps_argument="validation_steps",
             shard=shard,
             pad=False,
+            where=where,
         )
-    if isinstance(validation_data, (tuple, list)) and len(validation_data) not in (2, 3):
+    if is_array_input(validation_data):
         raise ValueError(
-            f"validation_data must be (x, y), (x, y, sample_weight), a Dataset, a DataLoader or an iterable "
-            f"of batches; got a {type(validation_data).__name__} of {len(validation_data)} items."
+            "validation_data must be (x_val, y_val), (x_val, y_val, sample_weight), a Dataset, a DataLoader or an "
+            "iterable of (x, y) batches; arrays alone have no targets."
         )
     return make_source(
         validation_data,
@@ -612,4 +662,5 @@ def validation_source(
         steps_argument="validation_steps",
         shard=shard,
         pad=False,
+        where=where,
     )

@@ -22,7 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -34,6 +36,8 @@ __all__ = [
     "all_reduce_sum",
     "any_rank",
     "barrier",
+    "broadcast_bytes",
+    "gather_ints",
     "get_rank",
     "get_world_size",
     "init_from_env",
@@ -88,9 +92,20 @@ def init_from_env(process_group: Any = None) -> int | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if not _active() and world > 1:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        # the group torchcb made is torchcb's to close: left to the interpreter's exit, its
+        # threads can abort the process ("terminate called without an active exception")
+        atexit.register(_destroy_own_group)
     if not _active() or get_world_size() == 1:
         return None
     return int(os.environ.get("LOCAL_RANK", get_rank() % max(torch.cuda.device_count(), 1)))
+
+
+def _destroy_own_group() -> None:
+    if _active():
+        # Trainers that are gone but held in reference cycles (trainer <-> model facade) still
+        # hold their DistributedDataParallel: free them while the group they use is alive.
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def _collective_device() -> torch.device:
@@ -114,6 +129,32 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_group)
     return bool(value.item())
+
+
+def gather_ints(values: list[int]) -> list[list[int]]:
+    """Every rank's ``values`` (as many on each rank), in rank order, on every rank."""
+    if get_world_size() == 1:
+        return [list(values)]
+    mine = torch.tensor(values, dtype=torch.int64, device=_collective_device())
+    gathered = [torch.empty_like(mine) for _ in range(get_world_size())]
+    dist.all_gather(gathered, mine, group=_group)
+    return [t.tolist() for t in gathered]
+
+
+def broadcast_bytes(data: bytes | None) -> bytes:
+    """Rank 0's ``data`` on every rank (the other ranks pass None): raw bytes, never unpickled."""
+    if get_world_size() == 1:
+        return data or b""
+    device = _collective_device()
+    src = dist.get_global_rank(_group, 0) if _group is not None else 0
+    size = torch.tensor([len(data or b"")], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=src, group=_group)
+    if data is not None:
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+    else:
+        buffer = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=src, group=_group)
+    return buffer.cpu().numpy().tobytes()
 
 
 def barrier() -> None:

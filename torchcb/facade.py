@@ -29,9 +29,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from torchcb.checkpoint import atomic_save
-from torchcb.distributed import is_main_process
-
 if TYPE_CHECKING:
     from torchcb.trainer import Trainer
 
@@ -322,15 +319,18 @@ class KerasModel:
         self.trainer.module.load_state_dict(snapshot)
 
     def save(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
-        """Write the full training checkpoint (module, optimizer, epoch, step, RNG) to ``filepath``."""
+        """Write the full training checkpoint (module, optimizer, epoch, step, RNG) to ``filepath``.
+
+        Inside ``fit`` it is taken when the current round of hooks ends and written in the
+        background (see ``Trainer.save_checkpoint``); ``fit`` returns once it is on disk.
+        """
         _check_overwrite(filepath, overwrite)
         self.trainer.save_checkpoint(filepath)
 
     def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
-        """Write the module's ``state_dict`` to ``filepath`` with an atomic ``torch.save``."""
+        """Write the module's ``state_dict`` to ``filepath`` with an atomic ``torch.save``, as :meth:`save` writes."""
         _check_overwrite(filepath, overwrite)
-        if is_main_process():  # under torchrun, rank 0 writes
-            atomic_save(self.trainer.module.state_dict(), filepath)
+        self.trainer.save_weights(filepath)
 
     def load_weights(self, filepath: str | os.PathLike, **kwargs: Any) -> None:
         """Load module weights from a weights file or a full checkpoint (safely: no code runs)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchcb.callbacks.base import HOOKS, Callback
+from torchcb.callbacks.base import KERAS_HOOKS, Callback
 
 __all__ = ["KerasCallback", "is_keras_callback", "keras_metrics_view", "wrap_keras_callbacks"]
 
@@ -60,9 +60,7 @@ class KerasCallback(Callback):
 
         self.callback = callback
         base = keras.callbacks.Callback
-        for hook in HOOKS:
-            if hook == "on_train_error":
-                continue
+        for hook in KERAS_HOOKS:
             alias = _BATCH_HOOKS.get(hook)
             if not (_keras_overrides(callback, hook, base) or (alias and _keras_overrides(callback, alias, base))):
                 continue  # a hook the Keras callback does not use costs nothing per batch

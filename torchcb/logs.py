@@ -216,12 +216,21 @@ class EpochTotals:
             self._sums[key] = partial if previous is None else previous + partial
             self._weights[key] = self._weights.get(key, 0) + sum(sizes)
 
-    def state(self) -> dict[str, Any]:
-        """The sums so far as plain numbers (one read), for a checkpoint."""
+    def state(self, all_ranks: bool = False) -> dict[str, Any]:
+        """The sums so far as plain numbers (one read), for a checkpoint.
+
+        With ``all_ranks`` under torchrun (every rank calling at once), the sums of all ranks.
+        """
         self._fold()
-        sums = dict(zip(self._sums, read_floats([torch.as_tensor(v) for v in self._sums.values()])))
+        keys = sorted(self._sums)
+        values: list[Any] = [self._sums[k] for k in keys]
+        seen, weights = self.seen, [self._weights[k] for k in keys]
+        if all_ranks and distributed.get_world_size() > 1:
+            summed = read_floats(list(distributed.all_reduce_sum([*values, *weights, seen])))
+            values, weights, seen = summed[: len(keys)], summed[len(keys) : -1], summed[-1]
+        sums = dict(zip(keys, read_floats([torch.as_tensor(v) for v in values])))
         last = dict(zip(self._last, read_floats([torch.as_tensor(v) for v in self._last.values()])))
-        return {"seen": self.seen, "sums": sums, "weights": dict(self._weights), "last": last}
+        return {"seen": int(seen), "sums": sums, "weights": {k: int(w) for k, w in zip(keys, weights)}, "last": last}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back the sums that :meth:`state` gave."""

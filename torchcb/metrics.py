@@ -256,6 +256,46 @@ class StatefulMetric(Metric):
     def reset(self) -> None:
         self.metric.reset()
 
+    def get_state(self, all_ranks: bool = False) -> dict[str, Any] | None:
+        """What the metric has accumulated, for a checkpoint; ``None`` if the object cannot say.
+
+        torchmetrics metrics give their metric states (with ``all_ranks``, synced over the
+        ranks of a torchrun run first: a collective every rank must make); other objects
+        their ``state_dict()``.
+        """
+        metric = self.metric
+        if isinstance(getattr(metric, "_defaults", None), dict) and hasattr(metric, "metric_state"):  # torchmetrics
+            if all_ranks:
+                metric.sync()
+            try:
+                states = {
+                    name: [t.detach().clone() for t in value] if isinstance(value, list) else value.detach().clone()
+                    for name, value in metric.metric_state.items()
+                }
+            finally:
+                if all_ranks:
+                    metric.unsync()
+            return {"metric_state": states, "update_count": int(getattr(metric, "_update_count", 0))}
+        if callable(getattr(metric, "state_dict", None)) and callable(getattr(metric, "load_state_dict", None)):
+            return {"state_dict": metric.state_dict()}
+        return None
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`get_state` gave."""
+        metric = self.metric
+        if "metric_state" in state:
+            device = getattr(metric, "device", None)
+            for name, value in state["metric_state"].items():
+                if isinstance(value, list):
+                    value = [t.to(device) if device is not None else t for t in value]
+                elif device is not None:
+                    value = value.to(device)
+                setattr(metric, name, value)
+            metric._update_count = state["update_count"]
+            metric._computed = None  # the cached result belongs to the state before
+        else:
+            metric.load_state_dict(state["state_dict"])
+
     def to(self, device: torch.device) -> StatefulMetric:
         if callable(getattr(self.metric, "to", None)):
             self.metric = self.metric.to(device)

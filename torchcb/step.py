@@ -171,6 +171,24 @@ class Steps:
         else:
             self.optimizer.step()
 
+    def pending_gradients(self) -> dict[str, Any] | None:
+        """Mid accumulation group: the count of batches and their summed gradients (else None)."""
+        if self._accumulated == 0:
+            return None
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return {"count": self._accumulated, "grads": [None if p.grad is None else p.grad.detach() for p in params]}
+
+    def restore_pending_gradients(self, pending: dict[str, Any] | None) -> None:
+        """Start from the gradients :meth:`pending_gradients` gave, or from none."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        self._accumulated = 0
+        if pending is None:
+            return
+        for param, grad in zip(params, pending["grads"]):
+            param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype).clone()
+        self._accumulated = int(pending["count"])
+
     def compute_loss(self, y_pred: Any, y_true: Any, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """The batch loss; with sample weights, the mean of the weighted per-sample losses."""
         if sample_weight is None:

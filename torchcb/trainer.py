@@ -9,6 +9,7 @@ callbacks are reached through their ``CallbackList``; what a full checkpoint hol
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +20,16 @@ from torchcb import distributed
 from torchcb._checks import check_int, is_int
 from torchcb.callbacks.callback_list import CallbackList
 from torchcb.callbacks.history import History
-from torchcb.checkpoint import TrainingState, check_writable, load_module_state, rng_state, set_rng_state
+from torchcb.checkpoint import (
+    BackgroundWriter,
+    TrainingState,
+    check_writable,
+    load_module_state,
+    rng_state,
+    set_rng_state,
+    to_host,
+    write_checkpoint,
+)
 from torchcb.data import Batch, Source, concatenate, is_array_input, make_source, split_arrays, validation_source
 from torchcb.facade import KerasModel
 from torchcb.logs import EpochTotals, Logs
@@ -149,6 +159,7 @@ class Trainer(Steps):
         self.epoch_start_rng: dict[str, Any] | None = None  # random state at the start of the current epoch
         self._pending_resume: TrainingState | None = None  # a loaded checkpoint the next fit resumes from
         self._resume: TrainingState | None = None  # the one this fit resumes from
+        self.writer = BackgroundWriter()  # checkpoints saved during fit are written off the training path
         self.model = KerasModel(self)
 
     # ----------------------------------------------------------------- fit
@@ -197,6 +208,7 @@ class Trainer(Steps):
             steps_per_epoch, validation_steps,
         )  # fmt: skip
         callbacks, history = self._fit_callbacks(callbacks, verbose, train)
+        callbacks.writer = self.writer  # a failed background write surfaces at the next hook
         batch_size = batch_size or (32 if is_array_input(x) else None)
         callbacks.set_params(self._fit_params(batch_size, epochs, verbose, train, validating=val is not None))
 
@@ -205,12 +217,13 @@ class Trainer(Steps):
         self.history = model.history = history
         self.callback_list = callbacks
         model.stop_training = False
+        self.restore_pending_gradients(None)  # no gradient of an interrupted fit leaks into this one
         ranks = self.distributed  # under torchrun, ranks agree on stopping every stop_check_every batches
         epoch_logs: dict[str, Any] = {}
         try:
             callbacks.on_train_begin({})
             # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
-            start_epoch, skip = self._resume_point(callbacks, initial_epoch)
+            start_epoch, skip = self._resume_point(callbacks, initial_epoch, epochs)
             callbacks.begin_train_batches()
             for epoch in range(start_epoch, epochs):
                 self.module.train()
@@ -246,8 +259,10 @@ class Trainer(Steps):
                 if model.stop_training or train.exhausted:
                     break
             callbacks.on_train_end(epoch_logs)
+            self.writer.wait()  # every checkpoint is on disk when fit returns
         except BaseException as error:
             callbacks.on_train_error(error)  # callbacks release files and threads; Keras' hooks stay as they are
+            self.writer.wait()  # what was written stays whole (a failed write raises, chained to the error)
             raise
         finally:
             self.callback_list = None
@@ -325,6 +340,9 @@ class Trainer(Steps):
     def _epoch_batches(self, train: Source, skip: int) -> Any:
         """``(index, batch)`` pairs for one epoch; with ``skip``, the rest of an epoch resumed mid-way."""
         resume, self._resume = self._resume, None
+        if resume is not None and resume.stop_training:
+            set_rng_state(resume.rng)
+            return iter(())  # the run had been asked to stop during this epoch: no batch is left
         if resume is not None and skip and resume.epoch_rng is not None:
             set_rng_state(resume.epoch_rng)  # rebuild the interrupted epoch's batch order
             self.epoch_start_rng = resume.epoch_rng
@@ -469,12 +487,58 @@ class Trainer(Steps):
         else:
             self.callback_list.defer(action)
 
-    def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write the full training state to ``path``; inside ``fit``, once the current hook round ends."""
-        if not distributed.is_main_process():
+    def save_checkpoint(
+        self, path: str | os.PathLike, *, all_ranks: bool = False, keep_previous: str | os.PathLike | None = None
+    ) -> None:
+        """Write the full training state to ``path`` (``model.save``); under torchrun rank 0 writes.
+
+        Inside ``fit`` the state is taken when the current round of hooks has finished (so it
+        holds every callback's state for that batch or epoch) and after the pending checks of
+        ``before_checkpoint`` (TerminateOnNaN's); it is copied to host memory and written by
+        a background thread while training goes on, and ``fit`` returns once it is on disk.
+        Outside ``fit`` it is written at once.
+
+        Args:
+            path: the file.
+            all_ranks: every rank calls this at the same point (BackupAndRestore does), so the
+                epoch sums and metric states of all ranks are saved.
+            keep_previous: copy the file being replaced there first (``double_checkpoint``).
+        """
+        if distributed.is_main_process():
+            check_writable(path, "checkpoint path")
+        elif not all_ranks:
             return  # rank 0 writes; every rank holds the same weights
-        check_writable(path, "checkpoint path")
-        self.defer(lambda: TrainingState.capture(self).save(path))
+        previous = None if keep_previous is None else os.fspath(keep_previous)
+        self._save(path, lambda: TrainingState.capture(self, all_ranks).as_dict(), all_ranks, previous)
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes."""
+        if distributed.is_main_process():
+            self._save(path, self.module.state_dict, False, None)
+
+    def _save(self, path: str | os.PathLike, capture: Any, all_ranks: bool, keep_previous: str | None) -> None:
+        path = os.fspath(path)
+
+        def save() -> None:
+            callbacks = self.callback_list
+            allowed = callbacks is None or callbacks.checkpoint_allowed()
+            if all_ranks and self.distributed:
+                allowed = not distributed.any_rank(not allowed)  # a NaN seen on any rank stops every write
+            if not allowed:
+                return
+            state = capture()
+            if not distributed.is_main_process():
+                return
+            if callbacks is None:
+                write_checkpoint(path, state, keep_previous)
+            else:  # a snapshot on the host, written while training goes on
+                self.writer.submit(path, functools.partial(write_checkpoint, path, to_host(state), keep_previous))
+
+        self.defer(save)
+
+    def wait_for_writes(self) -> None:
+        """Return once every checkpoint submitted during ``fit`` is on disk (``fit`` ends with it)."""
+        self.writer.wait()
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
         """Restore a full checkpoint (``model.save``, ``ModelCheckpoint``, ``BackupAndRestore``).
@@ -488,19 +552,25 @@ class Trainer(Steps):
             >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
             >>> # trainer.load_checkpoint("ckpt/last.pt"); trainer.fit(x, y, epochs=10, callbacks=[...])
         """
-        state = TrainingState.load(path, map_location=self.device)
-        state.restore(self)
+        return self.restore_state(TrainingState.load(path, map_location=self.device), source=os.fspath(path))
+
+    def restore_state(self, state: TrainingState, source: str = "the checkpoint") -> int:
+        """What :meth:`load_checkpoint` does, for a state already read (``source`` names it in errors)."""
+        state.restore(self, source=source)
         self._pending_resume = state
         return self.epochs_completed
 
-    def _resume_point(self, callbacks: CallbackList, initial_epoch: int) -> tuple[int, int]:
-        """Apply a pending checkpoint to the callbacks; returns ``(epoch, batches to skip)``."""
+    def _resume_point(self, callbacks: CallbackList, initial_epoch: int, epochs: int) -> tuple[int, int]:
+        """Apply a pending checkpoint to the starting ``fit``; returns ``(epoch, batches to skip)``."""
         state, self._pending_resume = self._pending_resume, None
         self._resume = state
         if state is None:
             return initial_epoch, 0
-        return state.resume(callbacks)
+        epoch, skip = state.resume(self, callbacks)
+        if state.stop_training and not skip:
+            return epochs, 0  # the run had been asked to stop at that epoch's end: no epoch is left
+        return epoch, skip
 
     def load_weights(self, path: str | os.PathLike) -> None:
-        """Load module weights from ``save_weights`` output or from a full checkpoint."""
-        self.module.load_state_dict(load_module_state(path, map_location=self.device))
+        """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""
+        self.module.load_state_dict(load_module_state(path, self.module, map_location=self.device))

@@ -6,14 +6,24 @@ import torch
 
 from tests.conftest import KerasStub
 from torchcb import Trainer
-from torchcb.callbacks import BackupAndRestore, Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TorchScheduler
+from torchcb.callbacks import (
+    BackupAndRestore,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LambdaCallback,
+    ModelCheckpoint,
+    TorchScheduler,
+)
 
 
-def _trainer():
+def _trainer(metrics=("accuracy",), **options):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(16, 2))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    return Trainer(net, optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+    return Trainer(
+        net, optimizer, loss="sparse_categorical_crossentropy", metrics=list(metrics), device="cpu", **options
+    )
 
 
 def _data():
@@ -34,6 +44,10 @@ class InterruptAt(Callback):
         if not self.fired and self.model.optimizer.iterations == self.step:
             self.fired = True
             raise RuntimeError("interrupted")
+
+
+def _same_weights(a, b):
+    return all(torch.equal(a.module.state_dict()[k], v) for k, v in b.module.state_dict().items())
 
 
 def _fit(trainer, tmp_path, extra, name):
@@ -183,3 +197,118 @@ def test_a_full_checkpoint_saved_at_train_end_holds_the_callback_states(tmp_path
     _trainer().fit(*_data(), epochs=2, verbose=0, callbacks=[SaveAtEnd(), EarlyStopping(monitor="loss", patience=5)])
     state = safe_load(tmp_path / "end.pt")
     assert state["callbacks"]["History"]["epoch"] == [0, 1] and "EarlyStopping" in state["callbacks"]
+
+
+def test_a_save_asked_for_in_on_train_error_is_written(tmp_path):
+    from torchcb.checkpoint import safe_load
+
+    class SaveOnError(Callback):
+        def on_train_error(self, error):
+            self.model.save(tmp_path / "crash.pt")
+
+    trainer = _trainer()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer.fit(*_data(), batch_size=8, epochs=3, verbose=0, callbacks=[SaveOnError(), InterruptAt(5)])
+    assert safe_load(tmp_path / "crash.pt")["step"] == 5
+    loaded = _trainer()
+    loaded.load_checkpoint(tmp_path / "crash.pt")
+    assert _same_weights(loaded, trainer)
+
+
+def test_a_save_in_a_begin_hook_holds_the_state_of_that_moment(tmp_path):
+    from torchcb.checkpoint import safe_load
+
+    after_epoch = {}
+
+    class SaveAtBegins(Callback):
+        def on_train_begin(self, logs=None):
+            self.model.save(tmp_path / "begin.pt")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.save(tmp_path / f"epoch{epoch}.pt")
+
+        def on_epoch_end(self, epoch, logs=None):
+            after_epoch[epoch] = {k: v.clone() for k, v in self.model.module.state_dict().items()}
+
+    trainer = _trainer()
+    initial = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    trainer.fit(*_data(), batch_size=8, epochs=2, verbose=0, callbacks=[SaveAtBegins()])  # 8 batches an epoch
+    begin, second = safe_load(tmp_path / "begin.pt"), safe_load(tmp_path / "epoch1.pt")
+    assert begin["step"] == 0 and all(torch.equal(begin["module"][k], v) for k, v in initial.items())
+    assert second["step"] == 8 and second["epoch"] == 1
+    assert all(torch.equal(second["module"][k], v) for k, v in after_epoch[0].items())
+
+
+def test_a_run_that_had_decided_to_stop_stops_again_when_resumed(tmp_path):
+    class DiesInTrainEnd(Callback):
+        def on_train_end(self, logs=None):
+            raise RuntimeError("killed before the backup was deleted")
+
+    def callbacks(*extra):
+        stop = EarlyStopping(monitor="loss", min_delta=10.0, patience=1, restore_best_weights=True)
+        return [*extra, stop, BackupAndRestore(tmp_path / "backup")]
+
+    first = _trainer()
+    with pytest.raises(RuntimeError, match="killed"):
+        first.fit(*_data(), batch_size=8, epochs=10, verbose=0, callbacks=callbacks(DiesInTrainEnd()))
+    assert (tmp_path / "backup" / "latest.pt").exists()
+    again = _trainer()
+    batches = []
+    counter = LambdaCallback(on_train_batch_end=lambda batch, logs: batches.append(batch))
+    history = again.fit(*_data(), batch_size=8, epochs=10, verbose=0, callbacks=callbacks(counter))
+    assert batches == [] and history.epoch == [0, 1]  # EarlyStopping had stopped after epoch 1
+    assert not (tmp_path / "backup").exists()
+    reference = _trainer()
+    reference.fit(*_data(), batch_size=8, epochs=10, verbose=0, callbacks=callbacks()[:1])
+    assert _same_weights(again, reference)  # the best weights, restored at the end as in one run
+
+
+@pytest.mark.parametrize("interrupt_at", [2, 5, 7, 13])
+def test_accumulated_gradients_resume_bitwise_mid_group(tmp_path, interrupt_at):
+    # 6 batches an epoch, groups of 4: steps after batches 4 and 6 (a partial group at the epoch's end)
+    reference = _trainer(accumulate_steps=4)
+    reference_history = _fit(reference, tmp_path, [], "reference")
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit(_trainer(accumulate_steps=4), tmp_path, [backup, InterruptAt(interrupt_at)], "resumed")
+    resumed = _trainer(accumulate_steps=4)
+    history = _fit(resumed, tmp_path, [backup], "resumed")
+    assert _same_weights(resumed, reference)
+    assert history.history == reference_history.history
+
+
+def test_a_fit_cut_off_mid_group_leaves_no_gradient_to_the_next_fit():
+    class CtrlC(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.optimizer.iterations == 2:
+                raise KeyboardInterrupt
+
+    trainer = _trainer(accumulate_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(*_data(), batch_size=8, epochs=1, verbose=0, callbacks=[CtrlC()])
+    twin = _trainer(accumulate_steps=4)
+    twin.module.load_state_dict(trainer.module.state_dict())
+    twin.optimizer.load_state_dict(trainer.optimizer.state_dict())
+    for run in (trainer, twin):
+        torch.manual_seed(5)
+        run.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+    assert _same_weights(trainer, twin)
+
+
+def test_stateful_metrics_resume_mid_epoch_with_their_state(tmp_path):
+    torchmetrics = pytest.importorskip("torchmetrics")
+
+    class MeanOfLogits(torchmetrics.MeanMetric):  # a metric of the predictions, kept as a running mean
+        def update(self, y_pred, y_true):
+            super().update(y_pred.mean())
+
+    def metrics():
+        return [torchmetrics.classification.MulticlassAccuracy(num_classes=2), MeanOfLogits()]
+
+    reference_history = _fit(_trainer(metrics=metrics()), tmp_path, [], "reference")
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit(_trainer(metrics=metrics()), tmp_path, [backup, InterruptAt(10)], "resumed")
+    history = _fit(_trainer(metrics=metrics()), tmp_path, [backup], "resumed")
+    assert history.history == reference_history.history
+    assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "reference.csv").read_text()

@@ -105,3 +105,25 @@ def test_nan_loss_row_with_terminate_on_nan(tmp_path, capsys):
     trainer.fit(x, x, batch_size=2, epochs=3, verbose=0, callbacks=[TerminateOnNaN(), CSVLogger(path)])
     rows = _rows(path)
     assert rows[0] == ["epoch", "loss"] and len(rows) == 2
+
+
+def test_append_with_a_resume_keeps_the_rows_of_earlier_runs(tmp_path):
+    from torchcb.callbacks import BackupAndRestore
+
+    path, x, y = tmp_path / "log.csv", *make_data(16)
+
+    class CrashAt(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("crash")
+
+    make_trainer().fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=[CSVLogger(path, append=True)])
+    backup = BackupAndRestore(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="crash"):  # rows 0, 1 and 2 of the second run are written
+        make_trainer().fit(
+            x, y, batch_size=4, epochs=4, verbose=0, callbacks=[CSVLogger(path, append=True), backup, CrashAt()]
+        )
+    make_trainer().fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=[CSVLogger(path, append=True), backup])
+    rows = _rows(path)
+    assert rows[0] == ["epoch", "accuracy", "loss"]
+    assert [row[0] for row in rows[1:]] == ["0", "1", "2", "3"] * 2  # the first run whole, the second once

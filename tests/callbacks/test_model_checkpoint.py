@@ -153,3 +153,28 @@ def test_a_failed_write_never_damages_the_previous_file(tmp_path):
         torch.save = original
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.pt"]
+
+
+@pytest.mark.parametrize(
+    "template, reason",
+    [
+        ("ckpt/{epoch", "expected '}'"),
+        ("ckpt/w}.pt", "Single '}'"),
+        ("ckpt/{epoch}}.pt", "Single '}'"),
+        ("ckpt/{loss:d}.pt", "Unknown format code 'd'"),
+        ("ckpt/{}.pt", "positional"),
+        ("ckpt/{loss[0]}.pt", "not subscriptable"),
+    ],
+)
+def test_a_template_with_bad_syntax_fails_before_training_naming_the_filepath(tmp_path, template, reason):
+    path = str(tmp_path / template)
+    with pytest.raises(ValueError, match=reason) as raised:
+        ModelCheckpoint(path)
+    assert repr(path) in str(raised.value)
+
+
+def test_escaped_braces_and_format_specs_are_fine(tmp_path):
+    trainer = make_trainer()
+    checkpoint = ModelCheckpoint(tmp_path / "w{{x}}-{epoch:02d}-{loss:.3f}.pt", save_weights_only=True)
+    history = trainer.fit(*make_data(8), epochs=1, verbose=0, callbacks=[checkpoint])
+    assert [p.name for p in tmp_path.iterdir()] == [f"w{{x}}-01-{history.history['loss'][0]:.3f}.pt"]

@@ -1,4 +1,5 @@
 import json
+import re
 import socket
 import threading
 import time
@@ -155,3 +156,75 @@ def test_a_slow_server_does_not_slow_training_beyond_the_bounded_wait(recwarn):
         assert any("were dropped unsent (the server was slower than training)" in m for m in messages)
     finally:
         slow.close()
+
+
+class TrickleServer:
+    """A real server on 127.0.0.1 that reads each request, then answers one byte every ``pause`` seconds."""
+
+    def __init__(self, pause=0.05):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.root = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open_connections = 0
+        self.accepted = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.pause = pause
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        self.listener.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with self.lock:
+                self.open_connections += 1
+                self.accepted += 1
+            thread = threading.Thread(target=self._trickle, args=(connection,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _trickle(self, connection):
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000
+        try:
+            connection.recv(65536)
+            for byte in answer:
+                if self.stop.is_set():
+                    break
+                connection.sendall(bytes([byte]))
+                time.sleep(self.pause)
+        except OSError:  # the client closed the connection
+            pass
+        finally:
+            connection.close()
+            with self.lock:
+                self.open_connections -= 1
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+def test_a_server_that_trickles_its_answer_holds_no_post_thread_or_socket_past_fit(recwarn):
+    server = TrickleServer()
+    try:
+        monitor = RemoteMonitor(root=server.root, timeout=0.6, flush_timeout=0.3)
+        start = time.monotonic()
+        history = make_trainer().fit(*make_data(8), epochs=4, verbose=0, callbacks=[monitor])
+        assert time.monotonic() - start < 3.0
+        assert len(history.epoch) == 4
+        assert not [t for t in threading.enumerate() if t.name == "torchcb-RemoteMonitor"]
+        deadline = time.monotonic() + 5
+        while server.open_connections and time.monotonic() < deadline:  # the server sees the client close
+            time.sleep(0.01)
+        assert server.accepted >= 1 and server.open_connections == 0
+        summary = [str(w.message) for w in recwarn if str(w.message).startswith("RemoteMonitor: of 4 epochs")]
+        assert len(summary) == 1
+        failed, dropped = (int(n) for n in re.findall(r"(\d+) posts .* failed and (\d+) were dropped", summary[0])[0])
+        assert failed + dropped == 4 and failed >= 1
+    finally:
+        server.close()

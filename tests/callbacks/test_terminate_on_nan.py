@@ -115,3 +115,45 @@ def test_large_finite_losses_whose_sum_overflows_are_not_invalid(capsys):
 def test_check_every_must_be_positive():
     with pytest.raises(ValueError, match="check_every must be an int >= 1"):
         TerminateOnNaN(check_every=0)
+
+
+@pytest.mark.parametrize("raise_error", [False, True])
+def test_nan_weights_never_replace_a_good_checkpoint(tmp_path, capsys, raise_error):
+    from tests.conftest import make_data, make_trainer
+    from torchcb.callbacks import BackupAndRestore, ModelCheckpoint
+    from torchcb.checkpoint import safe_load
+
+    good = {}
+
+    class PoisonAt(Callback):
+        """Makes the weights NaN before optimizer step 7: that batch's loss, and every later one, is NaN."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.model.optimizer.iterations == 6:
+                good.update({k: v.clone() for k, v in self.model.module.state_dict().items()})
+                with torch.no_grad():
+                    self.model.module[0].weight.fill_(float("nan"))
+
+    writers = [
+        ModelCheckpoint(tmp_path / "weights.pt", save_freq=1, save_weights_only=True),
+        ModelCheckpoint(tmp_path / "full.pt", save_freq=1),
+        ModelCheckpoint(tmp_path / "epoch.pt"),  # at the epoch's end, after the stop
+        BackupAndRestore(tmp_path / "backup", save_freq=1, delete_checkpoint=False),
+    ]
+    trainer = make_trainer()
+    callbacks = [PoisonAt(), *writers, TerminateOnNaN(raise_error=raise_error)]  # checks 32 batches at a time
+    if raise_error:
+        with pytest.raises(RuntimeError, match="NaN or Inf loss encountered at batch 6"):
+            trainer.fit(*make_data(64), batch_size=4, epochs=3, verbose=0, callbacks=callbacks)
+    else:
+        history = trainer.fit(*make_data(64), batch_size=4, epochs=3, verbose=0, callbacks=callbacks)
+        assert len(history.epoch) == 1
+        assert capsys.readouterr().out.count("Batch 6: Invalid loss, terminating training") == 1
+    files = {
+        "weights.pt": safe_load(tmp_path / "weights.pt"),
+        "full.pt": safe_load(tmp_path / "full.pt")["module"],
+        "backup": safe_load(tmp_path / "backup" / "latest.pt")["module"],
+    }
+    for name, weights in files.items():  # the state after step 6, the last good one
+        assert all(torch.equal(weights[k], v) for k, v in good.items()), name
+    assert not (tmp_path / "epoch.pt").exists()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
 import warnings
 from typing import Any
 
 from torchcb._checks import is_int
 from torchcb.callbacks.base import BatchFrequency, Callback
-from torchcb.checkpoint import TrainingState, atomic_write, check_writable
-from torchcb.distributed import barrier, is_main_process
+from torchcb.checkpoint import TrainingState, check_writable
+from torchcb.distributed import barrier, broadcast_bytes, gather_ints, get_world_size, is_main_process
 
 __all__ = ["BackupAndRestore"]
 
@@ -93,20 +94,60 @@ class BackupAndRestore(Callback):
         if self._batch_frequency is not None:
             self._batch_frequency.reset()
         trainer = self._trainer()
-        if os.path.exists(self.path):
+        found = self._read_backup()
+        if get_world_size() > 1:
+            found = self._agree_across_ranks(found)
+        if found is not None:
+            state, source = found
+            trainer.restore_state(state, source=source)
+
+    def _read_backup(self) -> tuple[TrainingState, str] | None:
+        """The backup in ``backup_dir`` (or its ``.bkp`` copy, with ``double_checkpoint``), if any."""
+        paths = [self.path, self.backup_path] if self.double_checkpoint else [self.path]
+        for index, path in enumerate(paths):
+            if not os.path.exists(path):
+                continue
             try:
-                trainer.load_checkpoint(self.path)
+                with open(path, "rb") as f:
+                    data = f.read()
+                return TrainingState.load(io.BytesIO(data), source=path), path
             except Exception as error:
-                if not (self.double_checkpoint and os.path.exists(self.backup_path)):
+                fallback = next((p for p in paths[index + 1 :] if os.path.exists(p)), None)
+                if fallback is None:
                     raise
                 warnings.warn(
-                    f"BackupAndRestore could not read {self.path} ({error}); resuming from {self.backup_path}.",
+                    f"BackupAndRestore could not read {path} ({error}); resuming from {fallback}.",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-                trainer.load_checkpoint(self.backup_path)
-        elif self.double_checkpoint and os.path.exists(self.backup_path):
-            trainer.load_checkpoint(self.backup_path)
+        return None
+
+    def _agree_across_ranks(self, found: tuple[TrainingState, str] | None) -> tuple[TrainingState, str] | None:
+        """Under torchrun every rank resumes from the same backup: rank 0's, which is the one it writes.
+
+        Ranks whose ``backup_dir`` is not shared find other backups (or none): rank 0 then
+        sends its backup to every rank. Without one on rank 0, every rank fails alike.
+        """
+        state = found[0] if found is not None else None
+        summary = [1, state.epoch, state.batch, state.step] if state is not None else [0, 0, 0, 0]
+        summaries = gather_ints(summary)
+        if all(s == summaries[0] for s in summaries):
+            return found
+        seen = "; ".join(
+            f"rank {rank}: " + (f"epoch {s[1]} batch {s[2]}" if s[0] else "none") for rank, s in enumerate(summaries)
+        )
+        if not summaries[0][0]:
+            raise RuntimeError(
+                f"BackupAndRestore: the ranks found different backups in {self.backup_dir} ({seen}). Rank 0 writes "
+                "the backups, and it has none, so the ranks cannot resume in step: remove the stale backups on every "
+                "machine, or put backup_dir on storage all ranks share."
+            )
+        data = None
+        if is_main_process():
+            with open(found[1], "rb") as f:  # type: ignore[index]
+                data = f.read()
+        source = f"rank 0's {self.path}"
+        return TrainingState.load(io.BytesIO(broadcast_bytes(data)), source=source), source
 
     def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._batch_frequency.passed(batch):  # type: ignore[union-attr]
@@ -117,22 +158,15 @@ class BackupAndRestore(Callback):
             self._backup()
 
     def _backup(self) -> None:
-        trainer = self._trainer()
-        trainer.defer(self._write)  # once every callback has seen this epoch or batch
-
-    def _write(self) -> None:
-        if not is_main_process():
-            return
-        state = TrainingState.capture(self._trainer())
-        if self.double_checkpoint and os.path.exists(self.path):
-            with open(self.path, "rb") as f:
-                previous = f.read()
-            atomic_write(self.backup_path, lambda out: out.write(previous))
-        state.save(self.path)
+        # every rank takes part (the epoch sums and metric states of all ranks go in); once
+        # every callback has seen this epoch or batch; rank 0 writes, in the background
+        keep_previous = self.backup_path if self.double_checkpoint else None
+        self._trainer().save_checkpoint(self.path, all_ranks=True, keep_previous=keep_previous)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if not (self.delete_checkpoint and is_main_process()):
             return
+        self._trainer().wait_for_writes()  # no backup still being written comes back after the deletion
         # only the files BackupAndRestore writes: the directory may hold the user's own files
         leftovers = glob.glob(os.path.join(glob.escape(self.backup_dir), ".latest.pt*.tmp"))
         for name in [self.path, self.backup_path, *leftovers]:

@@ -11,9 +11,9 @@ import math
 import warnings
 from typing import Any
 
-__all__ = ["HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
+__all__ = ["HOOKS", "KERAS_HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
 
-HOOKS = (
+KERAS_HOOKS = (
     "on_train_begin",
     "on_train_end",
     "on_epoch_begin",
@@ -28,8 +28,8 @@ HOOKS = (
     "on_predict_end",
     "on_predict_batch_begin",
     "on_predict_batch_end",
-    "on_train_error",
 )
+HOOKS = (*KERAS_HOOKS, "on_train_error", "before_checkpoint")  # with torchcb's own two
 
 
 class Callback:
@@ -125,6 +125,14 @@ class Callback:
 
         Callbacks that hold files or threads release them here; the error is re-raised after.
         """
+
+    def before_checkpoint(self) -> bool:
+        """torchcb's own hook: ``fit`` is about to write a checkpoint, a weights file or a backup.
+
+        Return ``False`` to skip the write. TerminateOnNaN runs its pending loss checks here
+        and refuses once the loss went NaN, so NaN weights never replace good ones.
+        """
+        return True
 
 
 class BatchFrequency:

@@ -100,6 +100,7 @@ class CallbackList:
         self._batch_begin: list[Any] = []
         self._batch_end: list[Any] = []
         self._batch_logs = False  # whether any callback looks at single training batches
+        self.writer: Any = None  # the trainer's BackgroundWriter, whose failures surface at the next hook
         for callback in callbacks or []:
             self.append(callback)
 
@@ -184,6 +185,12 @@ class CallbackList:
         while self._deferred:
             self._deferred.pop(0)()
 
+    def _end_round(self) -> None:
+        if self._deferred:
+            self.run_deferred()
+        if self.writer is not None and self.writer.error is not None:
+            self.writer.check()  # a checkpoint the background writer failed to write
+
     # ----------------------------------------------------------------- the hooks
 
     def _round(self, methods: list[Any], *args: Any) -> None:
@@ -194,8 +201,7 @@ class CallbackList:
         except BaseException:
             self._deferred.clear()  # they would not hold a state every callback has seen
             raise
-        if self._deferred:
-            self.run_deferred()
+        self._end_round()
 
     def _call_batch(self, hook: str, index: int, logs: dict | None) -> None:
         self._round(self.methods(hook), index, {} if logs is None else logs)
@@ -287,8 +293,12 @@ class CallbackList:
         if logs is not None:
             logs.update_raw(outputs)
             self._round(self._batch_end, step, logs)
-        elif self._deferred:
-            self.run_deferred()
+        else:
+            self._end_round()
+
+    def checkpoint_allowed(self) -> bool:
+        """Whether a write may happen now: every ``before_checkpoint`` hook runs, and all must agree."""
+        return all([method() for method in self.methods("before_checkpoint")])
 
     # ----------------------------------------------------------------- checkpoint states
 
@@ -303,12 +313,15 @@ class CallbackList:
             keyed.append((name if index == 0 else f"{name}_{index}", callback))
         return keyed
 
-    def states(self) -> dict[str, Any]:
-        """Every stateful callback's ``get_state()``, by key."""
+    def states(self, all_ranks: bool = False) -> dict[str, Any]:
+        """Every stateful callback's ``get_state()``, by key (``all_ranks``: see ``TrainingState.capture``)."""
         states = {}
         for key, callback in self.keyed():
             get_state = getattr(callback, "get_state", None)
-            state = get_state() if callable(get_state) else None
+            if isinstance(callback, BaseLogger):
+                state = callback.get_state(all_ranks)
+            else:
+                state = get_state() if callable(get_state) else None
             if state is not None:
                 states[key] = state
         return states

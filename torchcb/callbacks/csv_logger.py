@@ -63,27 +63,31 @@ class CSVLogger(Callback):
         self.keys: list[str] | None = None
         self._resumed = False
         self._first_write: str | None = "append" if append else "fresh"
+        self._rows_of_earlier_runs = 0  # rows already in the file when this run began (append)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.keys = None
         self._resumed = False
+        self._rows_of_earlier_runs = 0
         if not is_main_process():
             return
         check_writable(self.filename, "CSVLogger filename")
-        header = ""
+        rows: list[list[str]] = []
         if self.append and os.path.exists(self.filename):
             with open(self.filename, newline="") as f:
-                header = f.readline()
-        if header.strip():
+                rows = [row for row in csv.reader(f, delimiter=self.sep) if row]
+        if rows:
             # keep the columns already in the file, so appended rows line up under them
-            self.keys = next(csv.reader([header], delimiter=self.sep))[1:]
+            self.keys = rows[0][1:]
+            self._rows_of_earlier_runs = len(rows) - 1
         self._first_write = "append" if self.append else "fresh"
 
     def get_state(self) -> dict[str, Any]:
-        return {"keys": self.keys}
+        return {"keys": self.keys, "rows_of_earlier_runs": self._rows_of_earlier_runs}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.keys = state["keys"]
+        self._rows_of_earlier_runs = state.get("rows_of_earlier_runs", 0)
         self._resumed = True
 
     def _columns(self, logs: dict) -> list[str]:
@@ -93,12 +97,16 @@ class CSVLogger(Callback):
         return sorted(keys)
 
     def _rows_before(self, epoch: int) -> list[list[str]]:
-        """The header and the rows of earlier epochs: a resumed run rewrites nothing twice."""
+        """The header, the rows of earlier runs, and this run's rows of earlier epochs.
+
+        A resumed run rewrites none of its own rows twice and keeps every row before them.
+        """
         if not os.path.exists(self.filename):
             return []
         with open(self.filename, newline="") as f:
-            rows = list(csv.reader(f, delimiter=self.sep))
-        return rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epoch]
+            rows = [row for row in csv.reader(f, delimiter=self.sep) if row]
+        earlier, own = rows[: 1 + self._rows_of_earlier_runs], rows[1 + self._rows_of_earlier_runs :]
+        return earlier + [row for row in own if row[0].isdigit() and int(row[0]) < epoch]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not is_main_process():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchcb.callbacks.base import Callback
+from torchcb.distributed import is_main_process
 from torchcb.logs import EpochTotals
 
 __all__ = ["BaseLogger", "History"]
@@ -58,11 +59,14 @@ class BaseLogger(Callback):
 
     on_batch_end = on_train_batch_end  # the Keras 2 name
 
-    def get_state(self) -> dict[str, Any]:
-        return self._totals.state()  # the sums of the epoch so far, for a resume mid-epoch
+    def get_state(self, all_ranks: bool = False) -> dict[str, Any]:
+        """The sums of the epoch so far, for a resume mid-epoch (of all ranks, with ``all_ranks``)."""
+        return self._totals.state(all_ranks)
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._totals = self._new_totals()
+        if not is_main_process():  # under torchrun rank 0 carries the saved sums; the reduction adds the rest
+            state = {**state, "seen": 0, "sums": {}, "weights": {}}
         self._totals.restore(state)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -67,7 +67,8 @@ class LambdaCallback(Callback):
                 continue
             if not callable(function):
                 raise ValueError(f"LambdaCallback: {name} must be callable, got {type(function).__name__}.")
-            setattr(self, name, _wrap(function))
+            # before_checkpoint answers (True lets the write happen); every other hook returns None
+            setattr(self, name, function if name == "before_checkpoint" else _wrap(function))
 
 
 def _wrap(function: Callable) -> Callable:

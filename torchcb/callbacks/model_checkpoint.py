@@ -15,11 +15,23 @@ __all__ = ["ModelCheckpoint"]
 
 
 def _placeholders(filepath: str) -> list[str]:
-    names = []
-    for _, field, _, _ in string.Formatter().parse(filepath):
-        if field:
-            names.append(field.split(".")[0].split("[")[0])
-    return names
+    """The names the template fills: ``{epoch:02d}`` and ``{val_loss.real}`` give ``epoch`` and ``val_loss``."""
+    fields = [field for _, field, _, _ in string.Formatter().parse(filepath) if field is not None]
+    return [field.split(".")[0].split("[")[0] for field in fields]
+
+
+def _check_template(filepath: str) -> None:
+    """Format ``filepath`` once with stand-in values (int ``epoch``/``batch``, float logs): bad syntax fails now."""
+    try:
+        names = _placeholders(filepath)
+        if any(name == "" or name.isdigit() for name in names):
+            raise ValueError("positional placeholders such as {} or {0} have nothing to fill them")
+        filepath.format(**{name: 1 if name in ("epoch", "batch") else 0.5 for name in names})
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError) as error:
+        raise ValueError(
+            f"filepath {filepath!r} is not a valid template ({error}); use placeholders such as "
+            "{epoch:02d} or {val_loss:.2f}, and {{ }} for literal braces."
+        ) from None
 
 
 class ModelCheckpoint(MonitorCallback):
@@ -69,6 +81,7 @@ class ModelCheckpoint(MonitorCallback):
         if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
             raise ValueError(f"filepath must be a non-empty str or os.PathLike, got {filepath!r}.")
         self.filepath = os.fspath(filepath)
+        _check_template(self.filepath)
         if os.path.isdir(self.filepath):
             raise IsADirectoryError(
                 f"Please specify a non-directory filepath for ModelCheckpoint. "

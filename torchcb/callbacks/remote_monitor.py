@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
 import json
 import queue
+import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +26,89 @@ __all__ = ["RemoteMonitor"]
 
 _STOP = object()
 _FORM = "application/x-www-form-urlencoded"
+
+
+class _DeadlineSocket:
+    """A connected socket whose every read and write must end before one deadline for the whole post.
+
+    A socket timeout bounds each read alone, so a server that answers a byte at a time could
+    hold a post, and its thread, for ever; here the time left shrinks with each read.
+    ``abort()`` (from another thread) ends a read that is waiting.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def _time_left(self) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the post took longer than its timeout")
+        return left
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._sock.settimeout(self._time_left())
+        return self._sock.recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._sock.settimeout(self._time_left())
+        self._sock.sendall(data, flags)
+
+    def makefile(self, mode: str = "rb", buffering: int | None = None, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]  # reads go through recv_into
+
+    def _decref_socketios(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _DeadlineConnection:
+    """Mixed into http.client's connections: the connected socket gets the post's deadline."""
+
+    deadline: float
+    on_connect: Any
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]  # the TCP (and TLS) handshake, bounded by the timeout
+        self.sock = _DeadlineSocket(self.sock, self.deadline)  # type: ignore[has-type]
+        self.on_connect(self.sock)
+
+
+class _HTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+def _opener(deadline: float, on_connect: Any) -> urllib.request.OpenerDirector:
+    """urllib's opener (proxies and all), whose connections end by ``deadline``."""
+
+    def connection(kind: type) -> Any:
+        def make(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            kwargs["timeout"] = max(deadline - time.monotonic(), 1e-3)
+            made = kind(host, **kwargs)
+            made.deadline, made.on_connect = deadline, on_connect
+            return made
+
+        return make
+
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(connection(_HTTPConnection), req)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(connection(_HTTPSConnection), req)
+
+    return urllib.request.build_opener(HTTP, HTTPS)
 
 
 def _plain(value: Any) -> Any:
@@ -45,11 +131,14 @@ class RemoteMonitor(Callback):
     not answer within ``timeout``) counts as a failure.
 
     Posting never stalls a training step: a background thread sends from a bounded queue,
-    each request with a ``timeout``. If the queue is full the oldest epoch waiting is
-    dropped. A dead or slow server warns once when it starts failing (again only after it
-    has answered in between) and once at the end of training with the count of failed
-    posts; training goes on. ``on_train_end`` waits at most ``flush_timeout`` seconds for
-    the posts still queued, then leaves them.
+    and each post must end within ``timeout`` seconds in all (connecting, sending and
+    reading the answer together, so a server that trickles its answer cannot hold it
+    longer). If the queue is full the oldest epoch waiting is dropped. A dead or slow server
+    warns once when it starts failing (again only after it has answered in between) and
+    once at the end of training with the count of failed and dropped posts; training goes
+    on. ``on_train_end`` waits at most ``flush_timeout`` seconds for the posts still queued,
+    then cuts off the one in flight and drops the rest: no thread or socket of this callback
+    outlives ``fit``.
 
     Args:
         root: the server's root URL.
@@ -57,7 +146,7 @@ class RemoteMonitor(Callback):
         field: the form field holding the JSON, when not ``send_as_json``.
         headers: extra HTTP headers.
         send_as_json: send the payload as a JSON body.
-        timeout: seconds each request may take.
+        timeout: seconds each post may take, all of it.
         flush_timeout: seconds ``on_train_end`` waits for queued posts.
         queue_size: how many epochs may wait to be sent.
 
@@ -100,6 +189,7 @@ class RemoteMonitor(Callback):
         self._failing = False  # the server's state as last seen by the sender
         self._warned_outage = False  # whether the current outage was warned about
         self._last_error = ""
+        self._in_flight: _DeadlineSocket | None = None  # the socket of the post being sent
 
     @property
     def url(self) -> str:
@@ -117,19 +207,26 @@ class RemoteMonitor(Callback):
         headers = {"Content-Type": content_type, **(self.headers or {})}
         return urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
 
+    def _connected(self, sock: _DeadlineSocket) -> None:
+        with self._lock:
+            self._in_flight = sock
+
     def _send(self, payload: dict[str, Any]) -> None:
+        opener = _opener(time.monotonic() + self.timeout, self._connected)  # one deadline for the whole post
         try:
-            with urllib.request.urlopen(self._request(payload), timeout=self.timeout) as response:
+            with opener.open(self._request(payload)) as response:
                 response.read()
         except urllib.error.HTTPError as error:
             error.close()  # the server answered: as in Keras, the status is not checked
         except (OSError, http.client.HTTPException, ValueError) as error:  # unreachable, timed out, bad URL
             with self._lock:
+                self._in_flight = None
                 self._failed += 1
                 self._failing = True
                 self._last_error = f"{type(error).__name__}: {error}"
             return
         with self._lock:
+            self._in_flight = None
             self._sent += 1
             self._failing = False
             self._warned_outage = False
@@ -137,7 +234,11 @@ class RemoteMonitor(Callback):
     def _run(self, abandon: threading.Event) -> None:
         while True:
             payload = self._queue.get()
-            if payload is _STOP or abandon.is_set():
+            if payload is _STOP:
+                return
+            if abandon.is_set():
+                with self._lock:
+                    self._dropped += 1
                 return
             self._send(payload)
 
@@ -193,21 +294,33 @@ class RemoteMonitor(Callback):
         self._warn_if_failing()
 
     def _finish(self) -> None:
-        """Let the sender work through the queue for at most ``flush_timeout`` seconds."""
+        """Let the sender work through the queue for at most ``flush_timeout`` seconds, then stop it.
+
+        A post still in flight then is cut off and what is left in the queue is dropped: no
+        thread or socket of this callback outlives ``fit``, and every epoch is counted.
+        """
         thread, self._thread = self._thread, None
         if thread is None:
             return
         deadline = time.monotonic() + self.flush_timeout
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=max(self.flush_timeout, 1e-3))
-            stop_queued = 1
-        except queue.Full:
-            stop_queued = 0
         thread.join(max(deadline - time.monotonic(), 0.0))
-        if thread.is_alive():  # the server is too slow: drop what is left, the thread ends after its current post
+        if thread.is_alive():  # the server is too slow
             self._abandon.set()
             with self._lock:
-                self._dropped += max(self._queue.qsize() - stop_queued, 0)
+                in_flight = self._in_flight
+            if in_flight is not None:
+                in_flight.abort()
+            thread.join(self.timeout + 1.0)  # a post ends by its deadline in any case
+        dropped = 0
+        while True:
+            try:
+                dropped += self._queue.get_nowait() is not _STOP
+            except queue.Empty:
+                break
+        with self._lock:
+            self._dropped += dropped
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if not is_main_process():

@@ -25,7 +25,9 @@ class TerminateOnNaN(Callback):
     together and read back as one boolean, so a GPU is not synchronised every batch. The
     price is a lag: training may go on for up to ``check_every - 1`` batches after the bad
     one before it stops, but a bad loss is never missed: the pending batches are always
-    checked at the end of the epoch. Where something else already read the loss back (a
+    checked at the end of the epoch, and before any checkpoint, weights file or backup is
+    written during ``fit``: once the loss went NaN, those writes are skipped, so NaN weights
+    never replace the last good file. Where something else already read the loss back (a
     callback reading ``logs["loss"]``, or logs that are plain floats), the check is at once,
     as in Keras.
 
@@ -47,9 +49,15 @@ class TerminateOnNaN(Callback):
         self.check_every = check_int(check_every, "check_every", 1)
         self.raise_error = raise_error
         self._pending: list[tuple[int, torch.Tensor]] = []
+        self.went_bad = False
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._pending = []
+        self.went_bad = False  # a NaN or infinite loss was seen in this fit
+
+    def before_checkpoint(self) -> bool:
+        self._check_pending()
+        return not self.went_bad
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss: Any = dict.get(logs, "loss") if logs else None  # dict.get: the stored value, not read back
@@ -85,6 +93,9 @@ class TerminateOnNaN(Callback):
 
     def _check(self, batch: int, loss: float) -> None:
         if math.isnan(loss) or math.isinf(loss):
+            if self.went_bad:
+                return  # reported once
+            self.went_bad = True
             if self.raise_error:
                 raise RuntimeError(
                     f"NaN or Inf loss encountered at batch {batch}. Loss value: {loss}. Terminating training immediately."
