@@ -1,27 +1,38 @@
-"""torchcb against a hand-written PyTorch loop: throughput ratio, final loss, peak memory.
+"""torchcb against hand-written PyTorch loops: throughput ratio, final loss, peak memory.
 
     python benchmarks/bench.py                 # W1 and W2, 21 alternating repeats
     python benchmarks/bench.py --repeats 31 --workloads W1
-    python benchmarks/bench.py --device cuda   # on a GPU
+    python benchmarks/bench.py --device cuda   # W1, W2 and W3 on a GPU, 5 repeats
 
 Every run is its own process, forked from one that has imported torch and torchcb, so
 imports are not timed (what torchcb imports or builds lazily, at first use, is). Each
-repeat runs every variant once, in a shuffled order (seeded). Throughput
-is training samples per second. A run's ratio is its throughput over the hand loop's in the
-same repeat, so a slow minute of the machine hits both sides; the table gives the median
-ratio and the range over the repeats. The final loss of every torchcb run must equal the
-hand loop's (same seed) to 1e-6.
+repeat runs every variant once, in a shuffled order (seeded), and prints a line per run as
+it goes (on stderr); the table comes at the end (on stdout). Throughput is training samples
+per second. Each torchcb variant is paired with the hand loop that does the same work; a
+run's ratio is its throughput over that hand loop's in the same repeat, so a slow minute of
+the machine hits both sides, and the table gives the median ratio and the range over the
+repeats. The final loss of every torchcb run must equal its hand loop's (same seed) to 1e-6.
 
-Workloads (one thread):
-    W1  MLP 32-64-10, 16384 samples, batch 32, 3 epochs   (overhead-bound)
-    W2  MLP 256-1024-1024-10, 8192 samples, batch 256, 2 epochs   (compute-bound)
-Variants:
-    hand      the hand-written loop (in-memory tensors, device permutation, Adam)
-    bare      Trainer.fit, verbose=0
-    verbose1  Trainer.fit, verbose=1, stdout a pipe (the default callbacks)
-    all       verbose=0 with every seed callback: EarlyStopping, ModelCheckpoint (each epoch),
-              CSVLogger, ReduceLROnPlateau, LearningRateScheduler, TensorBoard (per epoch, no
-              graph), TerminateOnNaN, a JSON-lines LambdaCallback, RemoteMonitor to a local server
+Workloads:
+    W1  MLP 32-64-10, 16384 samples, batch 32, 3 epochs              (overhead-bound)
+    W2  MLP 256-1024-1024-10, 8192 samples, batch 256, 2 epochs      (compute-bound on a CPU)
+    W3  MLP 1024-4096-4096-10, 65536 samples, batch 1024, 3 epochs   (compute-bound on a GPU;
+        --device cuda only: on one CPU thread a run takes minutes)
+Hand loops (in-memory tensors, Adam, the loss read once per epoch):
+    hand         a device permutation each epoch, each batch gathered with it (x[index])
+    hand_views   no shuffling: each batch a contiguous view x[i:i+batch], nothing gathered
+    hand_writes  hand, plus what the `all` variant writes every epoch, done in the training
+                 thread: a full checkpoint (module and optimizer; atomic and fsynced), a CSV
+                 row, TensorBoard scalars (flushed), a JSON line, and an HTTP POST of the logs
+torchcb variants (the hand loop each is compared with):
+    bare            Trainer.fit, verbose=0                                        (hand)
+    verbose1        Trainer.fit, verbose=1, stdout a pipe (the default callbacks)  (hand)
+    all             verbose=0 with every seed callback: EarlyStopping, ModelCheckpoint (each
+                    epoch, full), CSVLogger, ReduceLROnPlateau, LearningRateScheduler,
+                    TensorBoard (per epoch, no graph), TerminateOnNaN, a JSON-lines
+                    LambdaCallback, RemoteMonitor to a local server     (hand; hand_writes on W2, W3)
+    bare_noshuffle  bare with shuffle=False                                  (hand_views)
+    all_noshuffle   all with shuffle=False                                   (hand_views)
 """
 
 from __future__ import annotations
@@ -40,9 +51,35 @@ import time
 WORKLOADS = {
     "W1": {"sizes": [32, 64, 10], "samples": 16384, "batch": 32, "epochs": 3},
     "W2": {"sizes": [256, 1024, 1024, 10], "samples": 8192, "batch": 256, "epochs": 2},
+    "W3": {"sizes": [1024, 4096, 4096, 10], "samples": 65536, "batch": 1024, "epochs": 3},
 }
-VARIANTS = {"W1": ["hand", "bare", "verbose1", "all"], "W2": ["hand", "bare"]}
-TARGETS = {("W1", "bare"): 0.97, ("W1", "all"): 0.90, ("W2", "bare"): 0.99}
+VARIANTS = {
+    "W1": ["hand", "hand_views", "bare", "verbose1", "all", "bare_noshuffle", "all_noshuffle"],
+    "W2": ["hand", "hand_writes", "bare", "all"],
+    "W3": ["hand", "hand_writes", "bare", "all"],
+}
+HAND_LOOPS = ("hand", "hand_views", "hand_writes")
+# Which hand loop each torchcb variant is measured against (hand by default).
+BASELINES = {
+    "bare_noshuffle": "hand_views",
+    "all_noshuffle": "hand_views",
+    ("W2", "all"): "hand_writes",
+    ("W3", "all"): "hand_writes",
+}
+TARGETS = {
+    ("W1", "bare"): 0.97,
+    ("W1", "all"): 0.90,
+    ("W1", "bare_noshuffle"): 0.98,
+    ("W1", "all_noshuffle"): 0.93,
+    ("W2", "bare"): 0.99,
+    ("W2", "all"): 1.00,
+    ("W3", "bare"): 0.99,
+    ("W3", "all"): 1.00,
+}
+
+
+def baseline(workload: str, variant: str) -> str:
+    return BASELINES.get((workload, variant), BASELINES.get(variant, "hand"))
 
 
 # ----------------------------------------------------------------------------- one run
@@ -57,25 +94,72 @@ def _model(sizes, device):
     return torch.nn.Sequential(*layers[:-1]).to(device)
 
 
-def _hand_loop(net, optimizer, x, y, batch, epochs):
+class _SynchronousWrites:
+    """What the `all` variant writes every epoch, written by a hand loop in its own thread."""
+
+    def __init__(self, directory, server_root):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.directory, self.url = directory, server_root + "/publish/epoch/end/"
+        self.tensorboard = SummaryWriter(os.path.join(directory, "tb", "train"))
+        self.csv = open(os.path.join(directory, "log.csv"), "w")  # noqa: SIM115
+        self.json_lines = open(os.path.join(directory, "loss_log.json"), "w", buffering=1)  # noqa: SIM115
+
+    def epoch_end(self, net, optimizer, epoch, loss):
+        import json
+        import urllib.request
+
+        from torchcb.checkpoint import atomic_save
+
+        state = {"module": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}
+        atomic_save(state, os.path.join(self.directory, f"weights.{epoch + 1:02d}.pt"))
+        self.csv.write(f"{epoch},{loss}\n")
+        self.csv.flush()
+        self.tensorboard.add_scalar("epoch_loss", loss, epoch)
+        self.tensorboard.flush()
+        self.json_lines.write(json.dumps({"epoch": epoch, "loss": loss}) + "\n")
+        body = json.dumps({"epoch": epoch, "loss": loss}).encode()
+        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def close(self):
+        self.tensorboard.close()
+        self.csv.close()
+        self.json_lines.close()
+
+
+def _hand_loop(net, optimizer, x, y, batch, epochs, shuffle=True, writes=None):
     import torch
     import torch.nn.functional as F
 
     n = x.shape[0]
-    for _ in range(epochs):
+    for epoch in range(epochs):
         net.train()
-        order = torch.randperm(n, device=x.device)
         losses = []
-        for start in range(0, n, batch):
-            index = order[start : start + batch]
-            xb, yb = x[index], y[index]
-            loss = F.cross_entropy(net(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
+        if shuffle:
+            order = torch.randperm(n, device=x.device)
+            for start in range(0, n, batch):
+                index = order[start : start + batch]
+                xb, yb = x[index], y[index]
+                loss = F.cross_entropy(net(xb), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
+        else:
+            for start in range(0, n, batch):
+                loss = F.cross_entropy(net(x[start : start + batch]), y[start : start + batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
         # one read per epoch, as a careful hand loop does (the workloads' batches are all full)
         epoch_loss = torch.stack(losses).double().mean().item()
+        if writes is not None:
+            writes.epoch_end(net, optimizer, epoch, epoch_loss)
+    if writes is not None:
+        writes.close()
     return epoch_loss
 
 
@@ -125,22 +209,31 @@ def run_one(workload: str, variant: str, device: str, server_root: str) -> dict:
     net = _model(spec["sizes"], device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     directory = tempfile.mkdtemp(prefix="torchcb-bench-")
-    if variant != "hand":
+    if variant in ("all", "all_noshuffle", "hand_writes"):
+        # a one-off import (TensorBoard's writer) is not training time
+        import torch.utils.tensorboard  # noqa: F401
+    if variant not in HAND_LOOPS:
         from torchcb import Trainer
 
         trainer = Trainer(net, optimizer, loss="sparse_categorical_crossentropy", device=device)
         callbacks = []
-        if variant == "all":
-            # a one-off import (TensorBoard's writer) is not training time
-            import torch.utils.tensorboard  # noqa: F401
-
+        if variant.startswith("all"):
             callbacks = _seed_callbacks(directory, server_root)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    if variant == "hand":
-        final_loss = _hand_loop(net, optimizer, x, y, spec["batch"], spec["epochs"])
+    if variant in HAND_LOOPS:
+        final_loss = _hand_loop(
+            net,
+            optimizer,
+            x,
+            y,
+            spec["batch"],
+            spec["epochs"],
+            shuffle=variant != "hand_views",
+            writes=_SynchronousWrites(directory, server_root) if variant == "hand_writes" else None,
+        )
     else:
         history = trainer.fit(
             x,
@@ -149,6 +242,7 @@ def run_one(workload: str, variant: str, device: str, server_root: str) -> dict:
             epochs=spec["epochs"],
             verbose=1 if variant == "verbose1" else 0,
             callbacks=callbacks,
+            shuffle=not variant.endswith("noshuffle"),
         )
         final_loss = history.history["loss"][-1]
     if device == "cuda":
@@ -206,11 +300,14 @@ def _run(context, workload: str, variant: str, device: str, server_root: str) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: W1 W2 (and W3 on cuda)")
+    parser.add_argument("--repeats", type=int, help="default: 21 on the CPU, 5 on cuda")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variants", nargs="+", help="run only these variants (the hand loop always runs)")
+    parser.add_argument("--variants", nargs="+", help="run only these torchcb variants (with their hand loops)")
     args = parser.parse_args()
+    on_gpu = args.device.startswith("cuda")
+    workloads = args.workloads or (["W1", "W2", "W3"] if on_gpu else ["W1", "W2"])
+    repeats = args.repeats if args.repeats is not None else (5 if on_gpu else 21)
 
     # Every run is a fresh process forked from a server that has imported torch and torchcb:
     # the runs start in a second, not in the time torch takes to import.
@@ -220,61 +317,63 @@ def main() -> int:
     failures = []
     try:
         rows = []
-        for workload in args.workloads:
-            variants = [v for v in VARIANTS[workload] if v == "hand" or not args.variants or v in args.variants]
+        for workload in workloads:
+            chosen = [
+                v for v in VARIANTS[workload] if v not in HAND_LOOPS and (not args.variants or v in args.variants)
+            ]
+            variants = [v for v in VARIANTS[workload] if v in {baseline(workload, c) for c in chosen}] + chosen
             results: dict[str, list[dict]] = {v: [] for v in variants}
-            for repeat in range(-1, args.repeats):  # repeat -1 warms the machine up and is not counted
+            for repeat in range(-1, repeats):  # repeat -1 warms the machine up and is not counted
                 # a shuffled order each repeat (seeded, so reproducible): a run can be slowed or
                 # sped up by the one before it, and no variant always follows the same one
                 order = list(variants)
                 random.Random(repeat).shuffle(order)
                 for variant in order:
                     result = _run(context, workload, variant, args.device, root)
+                    label = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{repeats}"
+                    print(
+                        f"{workload} {label} {variant}: {result['samples'] / result['seconds']:,.0f} samples/s, "
+                        f"final loss {result['loss']:.6f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if repeat >= 0:
                         results[variant].append(result)
-            hand_runs = [r["samples"] / r["seconds"] for r in results["hand"]]
-            hand_loss = results["hand"][0]["loss"]
             for variant, runs in results.items():
                 throughputs = [r["samples"] / r["seconds"] for r in runs]
-                # each run against the hand loop of its own repeat: the machine's slow minutes cancel
+                against = variant if variant in HAND_LOOPS else baseline(workload, variant)
+                hand_runs = [r["samples"] / r["seconds"] for r in results[against]]
+                # each run against its hand loop in the same repeat: the machine's slow minutes cancel
                 ratios = [mine / hand for mine, hand in zip(throughputs, hand_runs)]
                 ratio = statistics.median(ratios)
-                loss = runs[0]["loss"]
                 target = TARGETS.get((workload, variant))
                 if target is not None and ratio < target:
                     failures.append(f"{workload} {variant} (ratio {ratio:.3f} < {target:.2f})")
+                hand_loss = results[against][0]["loss"]
                 if any(abs(r["loss"] - hand_loss) > 1e-6 for r in runs):
-                    failures.append(f"{workload} {variant} (final loss differs from the hand loop's)")
+                    failures.append(f"{workload} {variant} (final loss differs from the {against} loop's)")
                 peak = max(r["peak_mib"] for r in runs)
                 rows.append(
-                    (
-                        workload,
-                        variant,
-                        statistics.median(throughputs),
-                        ratio,
-                        min(ratios),
-                        max(ratios),
-                        target,
-                        loss,
-                        peak,
-                    )
+                    (workload, variant, against, statistics.median(throughputs), ratio, min(ratios), max(ratios))
+                    + (target, runs[0]["loss"], peak)
                 )
     finally:
         server.shutdown()
 
     print(
-        f"torchcb benchmark: {args.repeats} alternating runs each, device {args.device}, 1 thread; "
-        "ratio = median over repeats of the run's throughput / the hand loop's in the same repeat"
+        f"torchcb benchmark: {repeats} alternating runs each, device {args.device}, 1 thread; ratio = median over "
+        "repeats of the run's throughput / its hand loop's in the same repeat"
     )
     print(
-        "| workload | variant | samples/s (median) | ratio to hand loop | ratio range | target | final loss | peak memory (MiB) |"
+        "| workload | variant | against | samples/s (median) | ratio | ratio range | target | final loss "
+        "| peak memory (MiB) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for workload, variant, throughput, ratio, low, high, target, loss, peak in rows:
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for workload, variant, against, throughput, ratio, low, high, target, loss, peak in rows:
         target_text = f"≥ {target:.2f}" if target else ""
         print(
-            f"| {workload} | {variant} | {throughput:,.0f} | {ratio:.3f} | {low:.3f}–{high:.3f} | {target_text} "
-            f"| {loss:.6f} | {peak:,.0f} |"
+            f"| {workload} | {variant} | {against} | {throughput:,.0f} | {ratio:.3f} | {low:.3f}–{high:.3f} "
+            f"| {target_text} | {loss:.6f} | {peak:,.0f} |"
         )
     if failures:
         print("missed:", ", ".join(failures))

@@ -60,7 +60,7 @@ class StopOnRankOne(Callback):
 
 def main():
     torch.set_num_threads(1)
-    init_from_env()  # join torchrun's group now (a Trainer would do it too), so the ranks are known
+    init_from_env(device="cpu")  # join torchrun's group now (a Trainer would do it too), so the ranks are known
     out = sys.argv[1]
     x, y = _data()
     rank, world = get_rank(), get_world_size()

@@ -110,3 +110,38 @@ def test_a_mid_epoch_resume_keeps_the_sums_and_metric_states_of_every_rank(runs)
         assert sorted(resumed) == ["loss", "multiclass_accuracy"]
         for key in reference:
             assert resumed[key] == pytest.approx(reference[key], rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="two NCCL ranks need two GPUs")
+def test_two_ranks_on_two_gpus_reduce_with_nccl(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    worker = os.path.join(os.path.dirname(__file__), "ddp_cuda_worker.py")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        worker,
+        str(tmp_path),
+    ]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"cuda_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["device"] for r in ranks] == ["cuda:0", "cuda:1"]
+    assert all("nccl" in r["backend"] for r in ranks)
+    assert ranks[0]["history"] == ranks[1]["history"] and ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_the_backend_follows_the_device_and_too_few_gpus_fail_clearly():
+    from torchcb.distributed import backend_for, gpu_shortage
+
+    assert backend_for("cpu", cuda_available=True) == "gloo"  # CPU ranks on a GPU machine
+    assert backend_for(None, cuda_available=False) == "gloo"
+    assert backend_for("cuda", cuda_available=True) == "cpu:gloo,cuda:nccl"
+    assert gpu_shortage(None, processes=2, gpus=1).startswith("torchrun started 2 processes on this machine")
+    assert gpu_shortage("cuda", processes=4, gpus=2) is not None
+    assert gpu_shortage("cpu", processes=4, gpus=1) is None  # asked for the CPU: runs there
+    assert gpu_shortage("cuda:0", processes=4, gpus=1) is None  # a device the user chose
+    assert gpu_shortage(None, processes=2, gpus=0) is None  # no GPU at all: the CPU

@@ -1,10 +1,10 @@
 """Rank and world helpers, and the few collectives torchcb makes under ``torchrun``.
 
 Under ``torchrun`` every process runs the same script. torchcb initialises the process
-group from torchrun's environment (gloo on the CPU, nccl on CUDA), and agrees across ranks
-with a handful of small collectives: the epoch sums of the logs (one all-reduce an epoch),
-the stop decision (one a ``stop_check_every`` batches, and at epoch ends), and the shuffling
-seed (one a ``fit``). Nothing is added to the training step itself.
+group from torchrun's environment (gloo for CPU tensors, ``cpu:gloo,cuda:nccl`` on CUDA),
+and agrees across ranks with a handful of small collectives: the epoch sums of the logs
+(one all-reduce an epoch), the stop decision (one a ``stop_check_every`` batches, and at
+epoch ends), and the shuffling seed (one a ``fit``). Nothing is added to the training step.
 
 ``is_main_process()`` is true on rank 0 only, and ``rank_zero_only`` turns a function into a
 no-op on the other ranks: use them in your own callbacks that write files. In a single
@@ -35,11 +35,13 @@ import torch.distributed as dist
 __all__ = [
     "all_reduce_sum",
     "any_rank",
+    "backend_for",
     "barrier",
     "broadcast_bytes",
     "gather_ints",
     "get_rank",
     "get_world_size",
+    "gpu_shortage",
     "init_from_env",
     "is_main_process",
     "rank_zero_only",
@@ -81,17 +83,62 @@ def rank_zero_only(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def init_from_env(process_group: Any = None) -> int | None:
+def backend_for(device: str | torch.device | None, cuda_available: bool | None = None) -> str:
+    """The process-group backend for training on ``device`` (``None``: CUDA when available).
+
+    gloo for CPU tensors, even on a machine with GPUs; with CUDA, a group that serves both
+    (``cpu:gloo,cuda:nccl``): DistributedDataParallel reduces CUDA gradients with NCCL,
+    while torchcb's own few collectives (a stop flag, the epoch sums) stay small CPU ones.
+
+    Example:
+        >>> backend_for("cpu", cuda_available=True), backend_for(None, cuda_available=True)
+        ('gloo', 'cpu:gloo,cuda:nccl')
+    """
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available or (device is not None and torch.device(device).type == "cpu"):
+        return "gloo"
+    return "cpu:gloo,cuda:nccl"
+
+
+def gpu_shortage(device: str | torch.device | None, processes: int, gpus: int) -> str | None:
+    """Why ``processes`` ranks on one machine cannot each have a GPU of their own, or None if they can.
+
+    Example:
+        >>> gpu_shortage("cpu", processes=8, gpus=1) is None, gpu_shortage(None, processes=2, gpus=2) is None
+        (True, True)
+        >>> print(gpu_shortage(None, processes=2, gpus=1))
+        torchrun started 2 processes on this machine, but 1 GPU is visible, so a process would have none: start at most 1 per machine (--nproc_per_node=1), or pass device="cpu" to train every rank on the CPU.
+    """
+    if gpus == 0 or processes <= gpus:
+        return None
+    wanted = torch.device(device) if device is not None else torch.device("cuda")
+    if wanted.type != "cuda" or wanted.index is not None:
+        return None
+    return (
+        f"torchrun started {processes} processes on this machine, but {gpus} GPU{'s are' if gpus > 1 else ' is'} "
+        f"visible, so a process would have none: start at most {gpus} per machine (--nproc_per_node={gpus}), "
+        'or pass device="cpu" to train every rank on the CPU.'
+    )
+
+
+def init_from_env(process_group: Any = None, device: str | torch.device | None = None) -> int | None:
     """Join the run ``torchrun`` started, or use ``process_group``; returns the local rank, or None.
 
     With ``WORLD_SIZE`` above 1 in the environment and no process group yet, the default
-    group is initialised (nccl when CUDA is available, else gloo) from torchrun's variables.
+    group is initialised from torchrun's variables, with the backend :func:`backend_for`
+    gives for ``device``. Raises ``ValueError`` before any of that when training on CUDA
+    with more processes on this machine than visible GPUs.
     """
     global _group
     _group = process_group
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if not _active() and world > 1:
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        shortage = gpu_shortage(device, processes, torch.cuda.device_count()) if torch.cuda.is_available() else None
+        if shortage is not None:
+            raise ValueError(shortage)
+        dist.init_process_group(backend=backend_for(device))
         # the group torchcb made is torchcb's to close: left to the interpreter's exit, its
         # threads can abort the process ("terminate called without an active exception")
         atexit.register(_destroy_own_group)
@@ -109,9 +156,10 @@ def _destroy_own_group() -> None:
 
 
 def _collective_device() -> torch.device:
-    if dist.get_backend(_group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    # torchcb's own collectives are a few numbers: on the CPU wherever the group serves it
+    if "gloo" in str(dist.get_backend(_group)):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def all_reduce_sum(values: list[Any]) -> torch.Tensor:

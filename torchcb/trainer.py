@@ -127,7 +127,7 @@ class Trainer(Steps):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
-        local_rank = distributed.init_from_env(process_group)  # None in a single process
+        local_rank = distributed.init_from_env(process_group, device)  # None in a single process
         self.distributed = local_rank is not None
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -53,7 +53,7 @@ def server():
     s.close()
 
 
-def test_json_mode_posts_the_keras_payload_once_per_epoch(server):
+def test_json_mode_posts_the_keras_payload_once_per_epoch(server, recwarn):
     history = make_trainer().fit(
         *make_data(8),
         epochs=3,
@@ -69,6 +69,7 @@ def test_json_mode_posts_the_keras_payload_once_per_epoch(server):
         assert list(payload)[0] == "epoch" and payload["epoch"] == epoch
         assert payload["loss"] == history.history["loss"][epoch]
         assert payload["val_accuracy"] == history.history["val_accuracy"][epoch]
+    assert [str(w.message) for w in recwarn if "RemoteMonitor" in str(w.message)] == []  # every post got its answer
 
 
 def test_form_mode_with_custom_field_path_and_headers(server):

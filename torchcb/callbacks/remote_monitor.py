@@ -55,10 +55,13 @@ class _DeadlineSocket:
         self._sock.sendall(data, flags)
 
     def makefile(self, mode: str = "rb", buffering: int | None = None, **kwargs: Any) -> io.BufferedReader:
+        # as socket.makefile does: the socket stays open until the file is closed too, since
+        # http.client closes the connection before it reads an answer that ends with it
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
         return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]  # reads go through recv_into
 
     def _decref_socketios(self) -> None:
-        pass
+        self._sock._decref_socketios()  # type: ignore[attr-defined]
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
