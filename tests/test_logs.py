@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import make_trainer
-from torchcb.callbacks import Callback
+from torchcb.callbacks import BackupAndRestore, Callback, ModelCheckpoint, TerminateOnNaN
 from torchcb.logs import EpochTotals, Logs, device_reads
 
 
@@ -91,3 +91,53 @@ def test_a_callback_that_reads_the_loss_costs_one_read_per_batch():
         trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ReadsEveryBatch()])
     # one per batch (loss and accuracy together), and one for the epoch averages, summed on the device
     assert reads.count == 8 + 1
+
+
+def _epoch_only_callbacks(directory):
+    from torchcb.callbacks import (
+        CSVLogger,
+        EarlyStopping,
+        History,
+        LambdaCallback,
+        LearningRateScheduler,
+        ReduceLROnPlateau,
+        TensorBoard,
+    )
+
+    return [
+        EarlyStopping(monitor="loss"),
+        CSVLogger(directory / "log.csv"),
+        ReduceLROnPlateau(monitor="loss"),
+        LearningRateScheduler(lambda epoch, lr: lr),
+        TensorBoard(directory / "tb", write_graph=False),
+        LambdaCallback(on_epoch_end=lambda epoch, logs: logs["loss"]),
+        History(),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, make, per_epoch",
+    [
+        # what the README's table says each callback costs, beyond fit's one read an epoch
+        ("epoch-level callbacks", _epoch_only_callbacks, lambda batches: 0),
+        ("TerminateOnNaN", lambda d: [TerminateOnNaN()], lambda b: b // 32),
+        (
+            "ModelCheckpoint every 16 batches",
+            lambda d: [ModelCheckpoint(d / "m.pt", save_freq=16)],
+            lambda b: b // 16,
+        ),
+        (
+            "BackupAndRestore each epoch",
+            lambda d: [BackupAndRestore(d / "backup")],
+            lambda b: 1,
+        ),
+    ],
+)
+def test_what_each_callback_costs_in_device_reads(tmp_path, name, make, per_epoch):
+    for batches in (32, 128):
+        trainer = make_trainer()
+        x = np.random.rand(batches * 4, 4).astype(np.float32)
+        y = np.random.randint(0, 2, batches * 4)
+        with device_reads() as reads:
+            trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=make(tmp_path / str(batches)))
+        assert reads.count == 2 * (1 + per_epoch(batches)), (name, batches)

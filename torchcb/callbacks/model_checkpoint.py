@@ -82,6 +82,7 @@ class ModelCheckpoint(MonitorCallback):
             raise ValueError(f"filepath must be a non-empty str or os.PathLike, got {filepath!r}.")
         self.filepath = os.fspath(filepath)
         _check_template(self.filepath)
+        self._log_placeholders = {name for name in _placeholders(self.filepath) if name not in ("epoch", "batch")}
         if os.path.isdir(self.filepath):
             raise IsADirectoryError(
                 f"Please specify a non-directory filepath for ModelCheckpoint. "
@@ -152,16 +153,18 @@ class ModelCheckpoint(MonitorCallback):
             self._save(epoch, None, logs or {})
 
     def _format_path(self, epoch: int, batch: int | None, logs: dict) -> str:
-        values = dict(logs)
+        # only the values the template names are read: device logs stay unread otherwise
+        values = {name: logs[name] for name in self._log_placeholders if name in logs}
         values["epoch"] = epoch + 1
         if batch is not None:
             values["batch"] = batch + 1
         try:
             return self.filepath.format(**values)
         except KeyError as error:
+            available = sorted({*logs, *values})
             raise KeyError(
                 f"Failed to format this callback filepath: {self.filepath!r}. Reason: the placeholder "
-                f"{error.args[0]!r} is not in the logs; available keys: {', '.join(sorted(values))}."
+                f"{error.args[0]!r} is not in the logs; available keys: {', '.join(available)}."
             ) from None
 
     def _save(self, epoch: int, batch: int | None, logs: dict) -> None:
