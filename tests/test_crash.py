@@ -52,7 +52,9 @@ def test_files_survive_kill_9_at_random_moments(tmp_path):
     rng = random.Random(0)
     for _ in range(TRIALS):
         worker = _start("churn", str(tmp_path))
-        _wait_for_step(worker, 1)
+        # files are written in the background, at most two snapshots behind: by step 3 each
+        # of the three targets has been written once, so each must exist from then on
+        _wait_for_step(worker, 3)
         time.sleep(rng.uniform(0.0, 1.0))  # the moment of the kill is what is random
         _kill(worker)
         names = sorted(os.listdir(tmp_path))

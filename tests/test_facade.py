@@ -7,6 +7,7 @@ import torch
 from tests.conftest import make_data, make_trainer
 from torchcb import Trainer
 from torchcb import backend as K
+from torchcb.callbacks import Callback
 
 
 def _two_group_trainer():
@@ -149,3 +150,92 @@ def test_facade_members_as_keras_has_them():
     assert model.evaluate(x, torch.zeros(3, dtype=torch.long), verbose=0) == trainer.evaluate(
         x, torch.zeros(3, dtype=torch.long), verbose=0
     )
+
+
+def _with(optimizer_class, **options):
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    groups = [{"params": net[0].parameters()}, {"params": net[1].parameters()}]
+    return Trainer(net, optimizer_class(groups, **options), loss="mse", device="cpu")
+
+
+@pytest.mark.parametrize(
+    "optimizer_class, options, name, key, index",
+    [
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, "momentum", "momentum", None),
+        (torch.optim.RMSprop, {"momentum": 0.5}, "momentum", "momentum", None),
+        (torch.optim.RMSprop, {}, "rho", "alpha", None),
+        (torch.optim.Adadelta, {}, "rho", "rho", None),
+        (torch.optim.Adam, {}, "beta_1", "betas", 0),
+        (torch.optim.AdamW, {}, "beta_2", "betas", 1),
+        (torch.optim.Adam, {}, "epsilon", "eps", None),
+    ],
+)
+def test_hyperparameters_are_keras_variables_live_on_every_param_group(optimizer_class, options, name, key, index):
+    trainer = _with(optimizer_class, **options)
+    optimizer = trainer.model.optimizer
+
+    def in_groups():
+        values = [group[key] for group in trainer.optimizer.param_groups]
+        return [v if index is None else v[index] for v in values]
+
+    assert K.get_value(getattr(optimizer, name)) == in_groups()[0]
+    for value, setter in [
+        (0.7, lambda v: K.set_value(getattr(optimizer, name), v)),
+        (0.6, lambda v: getattr(optimizer, name).assign(v)),
+        (0.5, lambda v: setattr(optimizer, name, v)),
+    ]:
+        setter(value)
+        assert in_groups() == [value, value]
+        assert float(getattr(optimizer, name)) == value and getattr(optimizer, name) * 2 == 2 * value
+    if key == "betas":
+        assert all(isinstance(group["betas"], tuple) for group in trainer.optimizer.param_groups)
+
+
+def test_a_hyperparameter_the_optimizer_lacks_is_a_clear_attribute_error():
+    optimizer = _with(torch.optim.Adam).model.optimizer
+    assert not hasattr(optimizer, "momentum")  # as one-cycle schedulers test it
+    with pytest.raises(
+        AttributeError, match=r"Adam has no hyperparameter 'momentum' \(its param groups hold lr, betas"
+    ):
+        K.set_value(optimizer.momentum, 0.9)
+    assert not hasattr(_with(torch.optim.SGD, lr=0.1).model.optimizer, "beta_1")
+
+
+def test_decay_is_keras_2s_time_based_decay():
+    trainer = _with(torch.optim.SGD, lr=0.1)
+    reference = _with(torch.optim.SGD, lr=0.1)
+    reference.module.load_state_dict(trainer.module.state_dict())
+    assert K.get_value(trainer.model.optimizer.decay) == 0.0
+    K.set_value(trainer.model.optimizer.decay, 0.5)
+    x, y = torch.ones(8, 2), torch.zeros(8, 1)
+    trainer.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)  # 4 steps
+    for step in range(4):  # the same steps by hand, at lr / (1 + decay * iterations)
+        for group in reference.optimizer.param_groups:
+            group["lr"] = 0.1 / (1 + 0.5 * step)
+        loss = torch.nn.functional.mse_loss(reference.module(x[2 * step : 2 * step + 2]), y[:2])
+        reference.optimizer.zero_grad()
+        loss.backward()
+        reference.optimizer.step()
+    assert all(torch.allclose(a, b) for a, b in zip(trainer.module.parameters(), reference.module.parameters()))
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.1  # lr as callbacks read it is unchanged
+    with pytest.raises(ValueError, match="decay must be >= 0"):
+        trainer.model.optimizer.decay = -1
+
+
+def test_model_fit_is_the_trainers_and_cannot_run_inside_itself():
+    trainer = _with(torch.optim.SGD, lr=0.1)
+    x, y = torch.ones(8, 2), torch.zeros(8, 1)
+    history = trainer.model.fit(x, y, epochs=2, verbose=False)
+    assert history.epoch == [0, 1] and trainer.history is history
+    errors = []
+
+    class FitsAgain(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            try:
+                self.model.fit(x, y, verbose=0)
+            except RuntimeError as error:
+                errors.append(str(error))
+            self.model.evaluate(x, y, verbose=False)  # evaluate from a callback is fine
+
+    trainer.fit(x, y, epochs=1, verbose=0, callbacks=[FitsAgain()])
+    assert errors and errors[0].startswith("fit is already running on this trainer")

@@ -374,7 +374,7 @@ def test_optimizer_iterations_counts_steps():
         ({"epochs": -1}, "epochs must be an int >= 0"),
         ({"batch_size": 0}, "batch_size must be a positive int"),
         ({"validation_freq": 0}, "validation_freq must be an int >= 1"),
-        ({"verbose": 3}, "verbose must be 0, 1, 2 or 'auto'"),
+        ({"verbose": 3}, "verbose must be 0, 1, 2, True, False or 'auto'"),
         ({"callbacks": ["not a callback"]}, "callbacks[0] must be a Callback instance"),
         ({"callbacks": [History]}, "callbacks[0] is the class History"),
         ({"steps_per_epoch": 0}, "steps_per_epoch must be a positive int"),

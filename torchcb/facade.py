@@ -32,11 +32,21 @@ import torch
 if TYPE_CHECKING:
     from torchcb.trainer import Trainer
 
-__all__ = ["KerasModel", "KerasOptimizer", "LearningRate", "Layer", "Weight", "set_learning_rate"]
+__all__ = [
+    "GroupValue",
+    "Hyperparameter",
+    "KerasModel",
+    "KerasOptimizer",
+    "LearningRate",
+    "Layer",
+    "TimeDecay",
+    "Weight",
+    "set_learning_rate",
+]
 
 
 def _real_number(value: Any, argument: str) -> float:
-    if isinstance(value, LearningRate):
+    if isinstance(value, Hyperparameter):
         return value.get_value()
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
         return float(value.item())
@@ -64,45 +74,44 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, value: Any) -> None:
 
 
 def _binary(op: Any) -> Any:
-    def method(self: LearningRate, other: Any) -> Any:
-        return op(self.get_value(), float(other) if isinstance(other, LearningRate) else other)
+    def method(self: Hyperparameter, other: Any) -> Any:
+        return op(self.get_value(), float(other) if isinstance(other, Hyperparameter) else other)
 
     return method
 
 
 def _reflected(op: Any) -> Any:
-    def method(self: LearningRate, other: Any) -> Any:
+    def method(self: Hyperparameter, other: Any) -> Any:
         return op(other, self.get_value())
 
     return method
 
 
-class LearningRate:
-    """A live handle on an optimizer's learning rate that behaves as the float it holds.
+class Hyperparameter:
+    """A live handle on an optimizer hyperparameter that behaves as the float it holds.
 
     ``float()``, arithmetic, comparisons, formatting and ``numpy`` conversion all use the
-    current rate of the first param group. ``K.set_value(handle, v)``, ``handle.assign(v)``
-    or ``model.optimizer.lr = v`` set it; with several param groups every group is scaled
-    by the same ratio, so their proportions are kept.
+    current value. ``K.get_value(handle)`` reads it; ``K.set_value(handle, v)``,
+    ``handle.assign(v)`` or assigning the optimizer attribute (``model.optimizer.momentum
+    = v``) set it in the torch optimizer, so the next step uses it.
     """
 
-    __slots__ = ("_optimizer",)
-
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self._optimizer = optimizer
+    __slots__ = ()
 
     def get_value(self) -> float:
-        return float(self._optimizer.param_groups[0]["lr"])
+        raise NotImplementedError
 
     def set_value(self, value: Any) -> None:
-        set_learning_rate(self._optimizer, value)
+        raise NotImplementedError
 
-    assign = set_value
+    def assign(self, value: Any) -> None:
+        self.set_value(value)
 
     def numpy(self) -> np.float32:
         return np.float32(self.get_value())
 
-    item = get_value
+    def item(self) -> float:
+        return self.get_value()
 
     def __float__(self) -> float:
         return self.get_value()
@@ -152,11 +161,104 @@ class LearningRate:
     __ge__ = _binary(operator.ge)
 
 
-class KerasOptimizer:
-    """The optimizer as Keras callbacks see it: ``lr``/``learning_rate`` handles and ``iterations``.
+class LearningRate(Hyperparameter):
+    """The learning rate: the first param group's; setting it scales every group by the same ratio,
+    so their proportions are kept."""
 
-    Any other attribute (``param_groups``, ``state_dict``, ``zero_grad`` ...) is the torch
-    optimizer's own.
+    __slots__ = ("_optimizer",)
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
+
+    def get_value(self) -> float:
+        return float(self._optimizer.param_groups[0]["lr"])
+
+    def set_value(self, value: Any) -> None:
+        set_learning_rate(self._optimizer, value)
+
+
+class GroupValue(Hyperparameter):
+    """A hyperparameter every param group holds (``momentum``, ``eps``, one of ``betas`` ...);
+    reading gives the first group's, setting sets every group's."""
+
+    __slots__ = ("_optimizer", "_key", "_index", "_name")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, key: str, index: int | None, name: str) -> None:
+        self._optimizer, self._key, self._index, self._name = optimizer, key, index, name
+
+    def get_value(self) -> float:
+        value = self._optimizer.param_groups[0][self._key]
+        return float(value if self._index is None else value[self._index])
+
+    def set_value(self, value: Any) -> None:
+        new = _real_number(value, self._name)
+        for group in self._optimizer.param_groups:
+            if self._index is None:
+                current = group[self._key]
+                if isinstance(current, torch.Tensor):
+                    current.fill_(new)
+                else:
+                    group[self._key] = new
+            else:
+                values = list(group[self._key])
+                if isinstance(values[self._index], torch.Tensor):
+                    values[self._index].fill_(new)
+                else:
+                    values[self._index] = new
+                group[self._key] = type(group[self._key])(values)
+
+
+class TimeDecay(Hyperparameter):
+    """Keras 2's ``decay``: 0.0 unless set. Set to ``d`` > 0, every optimizer step uses the
+    rate ``lr / (1 + d * iterations)``, as Keras 2's optimizers did; ``lr`` itself is unchanged."""
+
+    __slots__ = ("_trainer",)
+
+    def __init__(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    def get_value(self) -> float:
+        return float(self._trainer.time_decay)
+
+    def set_value(self, value: Any) -> None:
+        decay = _real_number(value, "decay")
+        if decay < 0:
+            raise ValueError(f"decay must be >= 0, got {decay}.")
+        self._trainer.set_time_decay(decay)
+
+
+# Keras names of optimizer hyperparameters -> (param group key, index in it); the first key
+# the optimizer's groups hold is used (RMSprop calls Keras' rho alpha, Adadelta calls it rho).
+_HYPERPARAMETERS: dict[str, list[tuple[str, int | None]]] = {
+    "momentum": [("momentum", None)],
+    "beta_1": [("betas", 0)],
+    "beta_2": [("betas", 1)],
+    "epsilon": [("eps", None)],
+    "rho": [("rho", None), ("alpha", None)],
+}
+
+
+class KerasOptimizer:
+    """The optimizer as Keras callbacks see it: its hyperparameters as Keras variables, and ``iterations``.
+
+    ``lr``/``learning_rate``, ``momentum`` (SGD, RMSprop), ``beta_1``/``beta_2`` (Adam and
+    its family: torch's ``betas``), ``epsilon`` (``eps``), ``rho`` (RMSprop's ``alpha``,
+    Adadelta's ``rho``) and ``decay`` (Keras 2's time-based decay, see :class:`TimeDecay`)
+    are live handles, read and set with ``K.get_value``/``K.set_value``, ``.assign`` or
+    ``=``, on every param group. One this optimizer does not have raises ``AttributeError``
+    naming both, so ``hasattr(optimizer, "momentum")`` tells, as in Keras. Any other
+    attribute (``param_groups``, ``state_dict``, ``zero_grad`` ...) is the torch optimizer's own.
+
+    Example:
+        >>> import torch
+        >>> from torchcb import Trainer
+        >>> from torchcb import backend as K
+        >>> net = torch.nn.Linear(2, 1)
+        >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), loss="mse", device="cpu")
+        >>> optimizer = trainer.model.optimizer
+        >>> K.set_value(optimizer.momentum, 0.85)
+        >>> trainer.optimizer.param_groups[0]["momentum"], hasattr(optimizer, "beta_1")
+        (0.85, False)
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
@@ -174,16 +276,38 @@ class KerasOptimizer:
     learning_rate = lr
 
     @property
+    def decay(self) -> TimeDecay:
+        return TimeDecay(self._trainer)
+
+    @decay.setter
+    def decay(self, value: Any) -> None:
+        TimeDecay(self._trainer).set_value(value)
+
+    @property
     def iterations(self) -> int:
         """How many optimizer steps have been taken."""
         return self._trainer.optimizer_steps
 
+    def _hyperparameter(self, name: str) -> GroupValue:
+        group = self._optimizer.param_groups[0]
+        for key, index in _HYPERPARAMETERS[name]:
+            if key in group:
+                return GroupValue(self._optimizer, key, index, name)
+        raise AttributeError(
+            f"{type(self._optimizer).__name__} has no hyperparameter {name!r} (its param groups hold "
+            f"{', '.join(k for k in group if k != 'params')})."
+        )
+
     def __getattr__(self, name: str) -> Any:
+        if name in _HYPERPARAMETERS:
+            return self._hyperparameter(name)
         return getattr(self._optimizer, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("lr", "learning_rate"):
+        if name in ("lr", "learning_rate", "decay"):
             object.__setattr__(self, name, value)
+        elif name in _HYPERPARAMETERS:
+            self._hyperparameter(name).set_value(value)
         else:
             setattr(self._optimizer, name, value)
 
@@ -335,6 +459,10 @@ class KerasModel:
     def load_weights(self, filepath: str | os.PathLike, **kwargs: Any) -> None:
         """Load module weights from a weights file or a full checkpoint (safely: no code runs)."""
         self.trainer.load_weights(filepath)
+
+    def fit(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.fit``, as Keras code calls ``model.fit`` (learning-rate finders do)."""
+        return self.trainer.fit(*args, **kwargs)
 
     def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         return self.trainer.predict(x, *args, **kwargs)

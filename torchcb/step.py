@@ -102,14 +102,26 @@ class Steps:
             self._train_call = DistributedDataParallel(
                 self._module_call, device_ids=device_ids, process_group=process_group
             )
+        self.time_decay = 0.0  # Keras 2's optimizer decay: set through model.optimizer.decay
+        self.optimizer_steps = 0
+        self._choose_update()
+
+    def _choose_update(self) -> None:
+        # the common configuration gets the shortest path: a small model's step is short
         self._plain_update = (
-            accumulate_steps == 1
-            and clipnorm is None
-            and clipvalue is None
-            and global_clipnorm is None
+            self.accumulate_steps == 1
+            and self.clipnorm is None
+            and self.clipvalue is None
+            and self.global_clipnorm is None
             and self.scaler is None
+            and not self.time_decay
         )
         self._fast_step = self._plain_update and self._autocast_dtype is None
+
+    def set_time_decay(self, decay: float) -> None:
+        """Keras 2's ``decay``: each optimizer step then uses ``lr / (1 + decay * iterations)``."""
+        self.time_decay = float(decay)
+        self._choose_update()
 
     @property
     def metrics_names(self) -> list[str]:
@@ -165,11 +177,19 @@ class Steps:
             torch._foreach_mul_(grads, scales)
         if self.global_clipnorm is not None and grads:
             torch.nn.utils.clip_grad_norm_(params, self.global_clipnorm)
+        if self.time_decay:  # the rate of this step only: lr itself, as callbacks read it, is unchanged
+            factor = 1.0 / (1.0 + self.time_decay * self.optimizer_steps)
+            rates = [group["lr"] for group in self.optimizer.param_groups]
+            for group, rate in zip(self.optimizer.param_groups, rates):
+                group["lr"] = rate * factor
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.time_decay:
+            for group, rate in zip(self.optimizer.param_groups, rates):
+                group["lr"] = rate
 
     def pending_gradients(self) -> dict[str, Any] | None:
         """Mid accumulation group: the count of batches and their summed gradients (else None)."""

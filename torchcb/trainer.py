@@ -53,8 +53,8 @@ def _validation_schedule(validation_freq: Any) -> Any:
 def _check_verbose(verbose: Any) -> int:
     if verbose == "auto":
         return 1
-    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}.")
+    if verbose not in (0, 1, 2):  # True and False are 1 and 0, as Keras takes them
+        raise ValueError(f"verbose must be 0, 1, 2, True, False or 'auto', got {verbose!r}.")
     return int(verbose)
 
 
@@ -150,7 +150,6 @@ class Trainer(Steps):
             distributed=self.distributed,
         )
         self.stop_check_every = check_int(stop_check_every, "stop_check_every", 1)
-        self.optimizer_steps = 0
         self.epochs_completed = 0
         self.batches_done = 0  # batches finished in the current epoch
         self.history: History | None = None
@@ -199,6 +198,11 @@ class Trainer(Steps):
             [0, 1]
         """
         # 1. Check the arguments, build the data and the callbacks: before any hook runs.
+        if self.callback_list is not None:
+            raise RuntimeError(
+                "fit is already running on this trainer: a callback cannot start another fit of the same model "
+                "(call evaluate or predict from a callback, or fit a second Trainer)."
+            )
         epochs = check_int(epochs, "epochs", 0)
         initial_epoch = check_int(initial_epoch, "initial_epoch", 0)
         verbose = _check_verbose(verbose)

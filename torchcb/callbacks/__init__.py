@@ -1,11 +1,18 @@
 """Every torchcb callback, under its Keras name.
 
+``from torchcb.callbacks import *`` also gives ``K`` (``torchcb.backend``) and ``np``, as
+Keras 2.1 and 2.2's ``keras.callbacks`` module did: scheduler files written for it run
+with that one import line changed.
+
 Example:
     >>> from torchcb.callbacks import Callback, EarlyStopping, ModelCheckpoint
     >>> issubclass(EarlyStopping, Callback) and issubclass(ModelCheckpoint, Callback)
     True
 """
 
+import numpy as np
+
+from torchcb import backend as K
 from torchcb.callbacks.backup_and_restore import BackupAndRestore
 from torchcb.callbacks.base import Callback
 from torchcb.callbacks.callback_list import CallbackList
@@ -29,6 +36,7 @@ __all__ = [
     "CallbackList",
     "EarlyStopping",
     "History",
+    "K",
     "LambdaCallback",
     "LearningRateScheduler",
     "ModelCheckpoint",
@@ -38,4 +46,5 @@ __all__ = [
     "TensorBoard",
     "TerminateOnNaN",
     "TorchScheduler",
+    "np",
 ]
