@@ -55,8 +55,9 @@ def ddp(session: nox.Session) -> None:
 
 @nox.session
 def keras(session: nox.Session) -> None:
-    """Callbacks from the keras package itself (Keras 3 on the torch backend)."""
+    """Callbacks written for Keras: the keras package's own (Keras 3, torch backend) and packaged ones."""
     session.install(TORCH)
     session.install("-e", ".[test,examples,keras]")
-    session.run("pytest", "-q", "tests/test_keras_callbacks.py", env={"KERAS_BACKEND": "torch"})
-    session.run("python", "examples/keras_callbacks.py", env={"KERAS_BACKEND": "torch"})
+    env = {"KERAS_BACKEND": "torch"}
+    session.run("pytest", "-q", "tests/test_keras_callbacks.py", "tests/test_third_party_callbacks.py", env=env)
+    session.run("python", "examples/keras_callbacks.py", env=env)

@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras (tqdm.keras does)
+
 import numpy as np
 import pytest
 import torch

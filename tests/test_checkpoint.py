@@ -222,6 +222,18 @@ def test_the_background_writer_lets_the_caller_go_on_and_keeps_only_the_newest_q
     assert written == [1, 3] and safe_load(path)["v"].item() == 3
     assert not [t for t in threading.enumerate() if t.name == "torchcb-checkpoint-writer"]
 
+    # writes that keep the file they replace (double_checkpoint) all happen, in order
+    written.clear()
+    started.clear()
+    gate.clear()
+    writer.submit(path, write(1), replaceable=False)
+    started.wait(30)
+    writer.submit(path, write(2), replaceable=False)
+    writer.submit(path, write(3), replaceable=False)
+    gate.set()
+    writer.wait()
+    assert written == [1, 2, 3]
+
 
 def test_a_failed_background_write_is_raised_once_in_the_caller(tmp_path):
     from torchcb.checkpoint import BackgroundWriter

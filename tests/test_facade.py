@@ -146,7 +146,8 @@ def test_facade_members_as_keras_has_them():
     assert model.metrics_names == ["loss", "accuracy"]
     assert [m.name for m in model.metrics] == ["accuracy"]
     assert torch.equal(model(x), trainer.module(x))
-    assert torch.equal(model.predict(x), trainer.predict(x))
+    predictions = model.predict(x)  # numpy, as Keras' model.predict returns
+    assert isinstance(predictions, np.ndarray) and np.array_equal(predictions, trainer.predict(x).numpy())
     assert model.evaluate(x, torch.zeros(3, dtype=torch.long), verbose=0) == trainer.evaluate(
         x, torch.zeros(3, dtype=torch.long), verbose=0
     )

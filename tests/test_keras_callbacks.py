@@ -193,3 +193,70 @@ def test_the_keras_example_runs(tmp_path, capsys):
     assert max(history["val_accuracy"]) >= 0.95
     assert "best val_accuracy" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "keras").iterdir()) == ["best.keras", "log.csv"]
+
+
+def test_keras_3_callbacks_get_keras_3_params_and_running_means_as_floats():
+    seen = {"keras": [], "torchcb": []}
+
+    class KerasOne(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["params"] = dict(self.params)
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen["keras"].append(dict(logs))
+
+    class TorchcbOne(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen["torchcb"].append(dict(logs))
+
+    history = make_trainer().fit(
+        *make_data(16), batch_size=4, epochs=2, verbose=0, callbacks=[KerasOne(), TorchcbOne()]
+    )
+    assert seen["params"] == {"verbose": 0, "epochs": 2, "steps": 4}
+    keras_logs, torchcb_logs = seen["keras"], seen["torchcb"]
+    assert all(sorted(logs) == ["accuracy", "loss"] and type(logs["loss"]) is float for logs in keras_logs)
+    for epoch in (0, 1):
+        own = torchcb_logs[4 * epoch : 4 * epoch + 4]  # each batch's own value (Keras 2)
+        for end in range(4):  # Keras 3: the mean over the epoch so far
+            expected = sum(b["loss"] * b["size"] for b in own[: end + 1]) / sum(b["size"] for b in own[: end + 1])
+            assert keras_logs[4 * epoch + end]["loss"] == pytest.approx(expected, rel=1e-12)
+        assert keras_logs[4 * epoch + 3]["loss"] == pytest.approx(history.history["loss"][epoch], rel=1e-12)
+        assert keras_logs[4 * epoch + 3]["accuracy"] == pytest.approx(history.history["accuracy"][epoch], rel=1e-12)
+
+
+def test_running_means_stay_on_the_device_until_a_keras_callback_reads_them():
+    from torchcb.logs import device_reads
+
+    class CountsBatches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches = getattr(self, "batches", 0) + 1
+
+    counts = {}
+    for samples in (32, 256):
+        counter = CountsBatches()
+        with device_reads() as reads:
+            make_trainer().fit(*make_data(samples), batch_size=4, epochs=1, verbose=0, callbacks=[counter])
+        assert counter.batches == samples // 4
+        counts[samples] = reads.count
+    assert counts[32] == counts[256] == 1  # the epoch averages only
+
+
+def test_hooks_are_chosen_as_keras_chooses_them():
+    class SetsItsHookLater(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seen = []
+            self.on_train_batch_end = lambda batch, logs=None: self.seen.append(batch)
+
+    class DeclinesBatchHooks(keras.callbacks.Callback):
+        calls = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            DeclinesBatchHooks.calls += 1
+
+        def _implements_train_batch_hooks(self):
+            return False
+
+    later = SetsItsHookLater()
+    make_trainer().fit(*make_data(16), batch_size=4, epochs=2, verbose=0, callbacks=[later, DeclinesBatchHooks()])
+    assert later.seen == [0, 1, 2, 3] * 2  # set on the instance in on_train_begin, and called
+    assert DeclinesBatchHooks.calls == 0  # it said it implements no batch hook

@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import make_trainer
 from torchcb.callbacks import BackupAndRestore, Callback, ModelCheckpoint, TerminateOnNaN
-from torchcb.logs import EpochTotals, Logs, device_reads
+from torchcb.logs import EpochTotals, KerasLogs, Logs, device_reads
 
 
 def test_logs_read_all_tensors_in_one_transfer_on_first_value_read():
@@ -33,11 +33,17 @@ def test_logs_read_all_tensors_in_one_transfer_on_first_value_read():
         lambda logs: repr(logs),
     ],
 )
-def test_every_way_of_reading_gives_floats(read):
+def test_every_way_of_reading_gives_numpy_scalars_as_keras_2_and_floats_as_keras_3(read):
     logs = Logs(batch=1)
     logs.update_raw({"loss": torch.tensor(1.5)})
     read(logs)
-    assert type(dict.__getitem__(logs, "loss")) is float
+    value = dict.__getitem__(logs, "loss")
+    assert type(value) is np.float64 and value == 1.5 and value[()] == 1.5 and isinstance(value, float)
+    assert json.loads(json.dumps({"loss": value})) == {"loss": 1.5}
+    keras_logs = KerasLogs()
+    keras_logs.update_raw({"loss": torch.tensor(1.5)})
+    read(keras_logs)
+    assert type(dict.__getitem__(keras_logs, "loss")) is float
 
 
 def test_raw_leaves_tensors_on_the_device():

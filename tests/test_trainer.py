@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -44,7 +46,7 @@ def test_hook_order_within_an_epoch():
     ]
 
 
-def test_batch_logs_hold_batch_size_loss_and_metrics_as_floats():
+def test_batch_logs_hold_batch_size_loss_and_metrics_as_numpy_scalars():
     trainer = make_trainer()
     x, y = make_data(10)
     rec = Recorder()
@@ -53,7 +55,8 @@ def test_batch_logs_hold_batch_size_loss_and_metrics_as_floats():
     ends = rec.logs_of("on_train_batch_end")
     assert begins == [{"batch": 0, "size": 4}, {"batch": 1, "size": 4}, {"batch": 2, "size": 2}]
     assert [sorted(logs) for logs in ends] == [["accuracy", "batch", "loss", "size"]] * 3
-    assert all(type(logs["loss"]) is float and type(logs["accuracy"]) is float for logs in ends)
+    # numpy scalars, as Keras 2 logged them: float64, so json, formatting and arithmetic take them as floats
+    assert all(type(logs["loss"]) is np.float64 and type(logs["accuracy"]) is np.float64 for logs in ends)
 
 
 def test_epoch_logs_are_size_weighted_averages_of_batch_logs():
@@ -67,7 +70,8 @@ def test_epoch_logs_are_size_weighted_averages_of_batch_logs():
     assert history.history["loss"][0] == pytest.approx(expected, rel=1e-6)
     expected_acc = sum(b["accuracy"] * b["size"] for b in first_epoch) / 10
     assert history.history["accuracy"][0] == pytest.approx(expected_acc, rel=1e-6)
-    assert all(type(v) is float for values in history.history.values() for v in values)
+    assert all(type(v) is np.float64 for values in history.history.values() for v in values)
+    assert json.loads(json.dumps(history.history)) == history.history
 
 
 def test_params_hold_the_keras_keys():
@@ -526,3 +530,74 @@ def test_on_train_error_receives_the_error_and_on_train_end_does_not_run():
     with pytest.raises(KeyError, match="boom"):
         make_trainer().fit(*make_data(8), epochs=2, verbose=0, callbacks=[Boom(), Watch()])
     assert seen == [("error", "KeyError('boom')")]
+
+
+def test_verbose_true_and_false_are_1_and_0(capsys):
+    trainer = make_trainer()
+    x, y = make_data(8)
+    trainer.fit(x, y, epochs=1, verbose=False)
+    trainer.evaluate(x, y, verbose=False)
+    trainer.predict(x, verbose=False)
+    assert capsys.readouterr().out == ""
+    trainer.fit(x, y, epochs=1, verbose=True)
+    trainer.evaluate(x, y, verbose=True)
+    out = capsys.readouterr().out
+    assert "Epoch 1/1" in out and out.count("8/8 [") == 1 and "1/1 [" in out  # fit counts samples, evaluate steps
+
+
+def test_integer_inputs_are_cast_to_floats_for_a_float_module():
+    x = np.random.randint(0, 5, (16, 4))
+    y = np.random.randint(0, 2, 16)
+    as_ints, as_floats = make_trainer(), make_trainer()
+    as_floats.module.load_state_dict(as_ints.module.state_dict())
+    for trainer, inputs in ((as_ints, x), (as_floats, x.astype(np.float32))):
+        torch.manual_seed(3)
+        trainer.fit(inputs, y, batch_size=4, epochs=2, verbose=0)
+    assert all(torch.equal(a, b) for a, b in zip(as_ints.module.parameters(), as_floats.module.parameters()))
+    assert as_ints.predict(x).dtype == torch.float32 and as_ints.evaluate(x, y, verbose=0)[0] >= 0
+
+
+def test_a_module_that_embeds_indices_keeps_integer_inputs():
+    net = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="sparse_categorical_crossentropy")
+    history = trainer.fit(np.random.randint(0, 10, (8, 3)), np.random.randint(0, 2, 8), epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1
+
+
+@pytest.mark.parametrize(
+    "loss, y, message",
+    [
+        (
+            "mse",
+            np.zeros(16, np.float32),
+            "y of shape (16,) does not fit the module's outputs of shape (16, 10) under loss 'mse'",
+        ),
+        (
+            "categorical_crossentropy",
+            np.zeros(16, np.int64),
+            "y of shape (16,) does not fit the module's outputs of shape (16, 10) under loss 'categorical_crossentropy'",
+        ),
+        ("sparse_categorical_crossentropy", np.zeros((16, 10), np.float32), "y of shape (16, 10) does not fit"),
+    ],
+)
+def test_targets_that_cannot_fit_the_outputs_under_a_keras_loss_fail_before_training(loss, y, message):
+    trainer = make_trainer(classes=10, metrics=(), loss=loss)
+    rec = Recorder()
+    with pytest.raises(ValueError) as error:
+        trainer.fit(np.zeros((16, 4), np.float32), y, verbose=0, callbacks=[rec])
+    assert message in str(error.value) and rec.calls == []
+
+
+def test_targets_that_fit_pass_the_check():
+    for loss, y in [
+        ("mse", np.zeros(16, np.float32)),  # (16,) targets for (16, 1) outputs
+        ("binary_crossentropy", np.zeros((16, 1), np.float32)),
+    ]:
+        make_trainer(classes=1, metrics=(), loss=loss).fit(np.zeros((16, 4), np.float32), y, verbose=0)
+    onehot = np.eye(10, dtype=np.float32)[np.random.randint(0, 10, 16)]
+    make_trainer(classes=10, metrics=(), loss="categorical_crossentropy").fit(
+        np.zeros((16, 4), np.float32), onehot, verbose=0
+    )
+    make_trainer(classes=10, metrics=(), loss="sparse_categorical_crossentropy").fit(
+        np.zeros((16, 4), np.float32), np.zeros((16, 1), np.int64), verbose=0
+    )

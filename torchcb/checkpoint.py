@@ -190,6 +190,19 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and 0-d arrays made Python numbers: what ``weights_only`` loads take."""
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
 def to_host(value: Any) -> Any:
     """A copy of ``value`` with every tensor copied to host memory: training may change the originals."""
     if isinstance(value, torch.Tensor):
@@ -214,11 +227,13 @@ class BackgroundWriter:
     """Writes checkpoint files on a thread of its own, so training goes on while they are written.
 
     ``submit(target, write)`` queues ``write()``, which writes ``target`` (atomically: see
-    :func:`atomic_write`). Files are written one at a time, in order; a newer write of a
-    target still queued replaces the queued one, and ``submit`` waits while ``max_queued``
-    writes of other targets are queued, so snapshots waiting in memory stay few. ``wait()``
-    returns once every submitted write is on disk. A write that fails is reported by the
-    next ``submit``, ``check`` or ``wait``. The thread exists only while there is work.
+    :func:`atomic_write`). Files are written one at a time, in order. A newer write of a
+    target still waiting in the queue replaces the waiting one, unless either keeps the file
+    it replaces (``replaceable=False``, as ``double_checkpoint`` backups do: they must follow
+    the write before them); and ``submit`` waits while ``max_queued`` writes wait, so few
+    snapshots are held in memory. ``wait()`` returns once every submitted write is on disk.
+    A write that fails is reported by the next ``submit``, ``check`` or ``wait``. The thread
+    exists only while there is work.
 
     Example:
         >>> import os, tempfile, torch
@@ -234,16 +249,23 @@ class BackgroundWriter:
         self.max_queued = max_queued
         self.error: BaseException | None = None  # the first failed write not reported yet
         self._condition = threading.Condition()
-        self._queue: dict[str, Callable[[], None]] = {}  # target -> its newest write, in order
+        self._queue: list[tuple[str, Callable[[], None], bool]] = []  # (target, write, replaceable), in order
         self._thread: threading.Thread | None = None
 
-    def submit(self, target: str, write: Callable[[], None]) -> None:
+    def submit(self, target: str, write: Callable[[], None], replaceable: bool = True) -> None:
         self.check()
         with self._condition:
-            while target not in self._queue and len(self._queue) >= self.max_queued:
+            while True:
+                waiting = next(
+                    (i for i, (t, _, r) in enumerate(self._queue) if t == target and r and replaceable), None
+                )
+                if waiting is not None:
+                    self._queue[waiting] = (target, write, replaceable)  # the newer snapshot replaces it
+                    break
+                if len(self._queue) < self.max_queued:
+                    self._queue.append((target, write, replaceable))
+                    break
                 self._condition.wait()
-            self._queue.pop(target, None)  # the newer snapshot replaces the queued one
-            self._queue[target] = write
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="torchcb-checkpoint-writer", daemon=True)
                 self._thread.start()
@@ -256,8 +278,7 @@ class BackgroundWriter:
                     self._thread = None
                     self._condition.notify_all()
                     return
-                target = next(iter(self._queue))
-                write = self._queue.pop(target)
+                _, write, _ = self._queue.pop(0)
                 self._condition.notify_all()  # a submit waiting for room may go on
             try:
                 write()
@@ -467,7 +488,7 @@ class TrainingState:
             rng=rng_state(),
             epoch_rng=trainer.epoch_start_rng if trainer.batches_done else None,
             scaler=None if trainer.scaler is None else trainer.scaler.state_dict(),
-            callbacks={} if callbacks is None else callbacks.states(all_ranks),
+            callbacks={} if callbacks is None else plain(callbacks.states(all_ranks)),
             stop_training=bool(trainer.model.stop_training),
             accumulation=trainer.pending_gradients(),
             metrics=metrics,

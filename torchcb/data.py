@@ -42,6 +42,7 @@ __all__ = [
     "split_arrays",
     "tree_map",
     "validation_source",
+    "ValidationArrays",
     "is_array_input",
 ]
 
@@ -142,6 +143,11 @@ def _to_tensor(value: Any, device: torch.device | str, argument: str) -> torch.T
         f"{argument} holds {_KINDS.get(array.dtype.kind, array.dtype.name)} (dtype {array.dtype}); expected numbers "
         "or booleans (encode labels and text as numbers first)."
     )
+
+
+def _as_float(tensor: torch.Tensor) -> torch.Tensor:
+    """Integer and boolean inputs as floats, as Keras casts inputs to floatx."""
+    return tensor if tensor.is_floating_point() else tensor.to(torch.get_default_dtype())
 
 
 def _to_arrays(x: Any, device: torch.device | str, argument: str) -> Any:
@@ -319,8 +325,10 @@ class IterableSource(Source):
         with_targets: bool,
         weights_fn: Callable[[Any, Any], torch.Tensor | None] | None = None,
         where: str = "",
+        float_inputs: bool = False,
     ) -> None:
         self.data = data
+        self.float_inputs = float_inputs
         self.device = torch.device(device)
         self.with_targets = with_targets
         self.weights_fn = weights_fn
@@ -372,6 +380,8 @@ class IterableSource(Source):
             return _to_tensor(value, self.device, "each batch")
 
         x = tree_map(move, x)
+        if self.float_inputs:
+            x = tree_map(_as_float, x)
         y = tree_map(move, y)
         sample_weight = None if sample_weight is None else move(sample_weight).to(torch.get_default_dtype())
         if self.weights_fn is not None:
@@ -469,12 +479,16 @@ def array_source(
     pad: bool = True,
     seed: int | None = None,
     where: str = "",
+    float_inputs: bool = False,
 ) -> ArraySource:
     """Move in-memory arrays to the device once and batch them there.
 
-    ``where`` starts every error message (``"validation_data: "`` for validation arrays).
+    ``where`` starts every error message (``"validation_data: "`` for validation arrays);
+    with ``float_inputs``, integer and boolean inputs become floats.
     """
     x_t = _to_arrays(x, device, f"{where}x")
+    if float_inputs:
+        x_t = tree_map(_as_float, x_t)
     n = _length(x_t, f"{where}x")
     if n == 0:
         raise ValueError(f"{where}x: the data is empty (0 samples).")
@@ -533,10 +547,12 @@ def make_source(
     pad: bool = True,
     seed: int | None = None,
     where: str = "",
+    float_inputs: bool = False,
 ) -> Source:
     """Pick the source for ``x``: in-memory arrays, a Dataset/DataLoader, or an iterable.
 
-    ``where`` starts every error message about the data (``"validation_data: "``).
+    ``where`` starts every error message about the data (``"validation_data: "``); with
+    ``float_inputs``, integer and boolean inputs become floats.
     """
     if x is None:
         raise ValueError("x is required: pass arrays, tensors, a Dataset, a DataLoader or a generator.")
@@ -560,6 +576,7 @@ def make_source(
             pad=pad,
             seed=seed,
             where=where,
+            float_inputs=float_inputs,
         )
     if y is not None:
         raise ValueError(f"y must not be given when x is a {type(x).__name__}: its batches hold the targets.")
@@ -604,7 +621,65 @@ def make_source(
         raise ValueError(
             f"x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got {type(x).__name__}."
         )
-    return IterableSource(data, device, steps, with_targets, _class_weight_fn(class_weight, device), where)
+    weights = _class_weight_fn(class_weight, device)
+    return IterableSource(data, device, steps, with_targets, weights, where, float_inputs)
+
+
+class ValidationArrays(list):
+    """Keras 2's ``callback.validation_data``: ``[x..., y..., sample_weights]`` as numpy arrays.
+
+    Made from in-memory validation data the first time a callback looks at it (copying the
+    validation set to the host costs nothing until someone wants it). Inputs come in order
+    (a dict's in its order), then the targets, then the sample weights (ones when none
+    were given, float32 as Keras 2 made them).
+
+    Example:
+        >>> import numpy as np
+        >>> source = array_source(np.ones((3, 2)), np.arange(3), batch_size=2, shuffle=False, device="cpu")
+        >>> x, y, weights = ValidationArrays(source)
+        >>> x.shape, y.tolist(), weights.tolist()
+        ((3, 2), [0, 1, 2], [1.0, 1.0, 1.0])
+    """
+
+    def __init__(self, source: ArraySource) -> None:
+        super().__init__()
+        self._source: ArraySource | None = source
+
+    def _fill(self) -> None:
+        source, self._source = self._source, None
+        if source is None:
+            return
+        inputs, targets = _leaves(source.x), _leaves(source.y)
+        weights = source.sample_weight
+        if weights is None:
+            weights = torch.ones(source.num_samples, dtype=torch.float32)
+        list.extend(self, [t.detach().cpu().numpy() for t in [*inputs, *targets, weights]])
+
+
+def _filled(name: str) -> Callable:
+    method = getattr(list, name)
+
+    def filled(self: ValidationArrays, *args: Any) -> Any:
+        self._fill()
+        return method(self, *args)
+
+    filled.__name__ = name
+    return filled
+
+
+for _name in (
+    "__getitem__",
+    "__len__",
+    "__iter__",
+    "__reversed__",
+    "__contains__",
+    "__eq__",
+    "__repr__",
+    "copy",
+    "index",
+    "count",
+):
+    setattr(ValidationArrays, _name, _filled(_name))
 
 
 def _is_xy(data: Any) -> bool:
@@ -625,6 +700,7 @@ def validation_source(
     steps: int | None,
     device: torch.device | str,
     shard: tuple[int, int] | None = None,
+    float_inputs: bool = False,
 ) -> Source | None:
     """The source for ``fit``'s ``validation_data``: ``(x, y)`` or ``(x, y, sample_weight)`` (a tuple or a
     list), a Dataset, a DataLoader or an iterable of batches; ``None`` for none. Never shuffled or padded."""
@@ -646,6 +722,7 @@ def validation_source(
             shard=shard,
             pad=False,
             where=where,
+            float_inputs=float_inputs,
         )
     if is_array_input(validation_data):
         raise ValueError(
@@ -663,4 +740,5 @@ def validation_source(
         shard=shard,
         pad=False,
         where=where,
+        float_inputs=float_inputs,
     )

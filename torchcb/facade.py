@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from torchcb.data import tree_map
+
 if TYPE_CHECKING:
     from torchcb.trainer import Trainer
 
@@ -465,7 +467,10 @@ class KerasModel:
         return self.trainer.fit(*args, **kwargs)
 
     def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.trainer.predict(x, *args, **kwargs)
+        """``Trainer.predict``, returning numpy arrays as Keras' ``model.predict`` does."""
+        return tree_map(
+            lambda t: _to_numpy(t) if isinstance(t, torch.Tensor) else t, self.trainer.predict(x, *args, **kwargs)
+        )
 
     def evaluate(self, *args: Any, **kwargs: Any) -> Any:
         return self.trainer.evaluate(*args, **kwargs)

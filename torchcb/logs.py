@@ -16,8 +16,8 @@ Example:
     >>> logs = Logs(batch=0, size=32)
     >>> logs.update_raw({"loss": torch.tensor(0.25), "accuracy": torch.tensor(0.5)})
     >>> with device_reads() as reads:
-    ...     logs["loss"], logs["accuracy"]
-    (0.25, 0.5)
+    ...     print(logs["loss"], logs["accuracy"], logs["loss"].dtype)
+    0.25 0.5 float64
     >>> reads.count
     1
 """
@@ -28,11 +28,21 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchcb import distributed
 
-__all__ = ["Logs", "EpochTotals", "ReadCounter", "device_reads", "read_floats", "stack_scalars"]
+__all__ = [
+    "Logs",
+    "KerasLogs",
+    "RunningMeans",
+    "EpochTotals",
+    "ReadCounter",
+    "device_reads",
+    "read_floats",
+    "stack_scalars",
+]
 
 
 class ReadCounter:
@@ -82,16 +92,19 @@ def _is_scalar_tensor(value: Any) -> bool:
 
 
 class Logs(dict):
-    """A ``dict`` of log values whose scalar tensors become floats when first read.
+    """A ``dict`` of log values whose scalar tensors become numbers when first read.
 
     Keys, ``len`` and ``in`` never touch the device. Any read of a value (indexing, ``get``,
     ``items``, ``values``, ``dict(logs)``, ``json.dumps(logs)``) reads every pending tensor
-    back in one transfer and stores the floats, so later reads are plain dict reads.
-    :meth:`raw` gives the stored value without reading it back. Construct it with plain
-    values and add device values with :meth:`update_raw`.
+    back in one transfer and stores the numbers, so later reads are plain dict reads. The
+    numbers are numpy float64 scalars, as Keras 2 logged them (``.item()``, ``.dtype`` and
+    ``[()]`` work, and they are Python floats too); :class:`KerasLogs` holds Python floats,
+    as Keras 3 does. :meth:`raw` gives the stored value without reading it back. Construct
+    it with plain values and add device values with :meth:`update_raw`.
     """
 
     _pending = False  # a class default: building the logs of a batch costs what a dict costs
+    _number: Any = np.float64  # what a read tensor becomes
 
     def update_raw(self, values: Mapping[str, Any]) -> None:
         """Store values, tensors included, without reading anything back."""
@@ -113,7 +126,8 @@ class Logs(dict):
         keys = [k for k, v in dict.items(self) if _is_scalar_tensor(v)]
         if keys:
             values = read_floats([dict.__getitem__(self, k) for k in keys])
-            dict.update(self, zip(keys, values))
+            number = self._number
+            dict.update(self, zip(keys, [number(v) for v in values]))
 
     # Every way of reading a value goes through _materialize.
     def __getitem__(self, key: str) -> Any:
@@ -161,6 +175,62 @@ class Logs(dict):
     def __reduce__(self) -> Any:
         self._materialize()
         return (dict, (dict(dict.items(self)),))
+
+
+class KerasLogs(Logs):
+    """:class:`Logs` whose read values are Python floats, as Keras 3 hands them to callbacks."""
+
+    _number = float
+
+
+class RunningMeans:
+    """Keras 3's batch logs: each value's size-weighted mean over the batches so far.
+
+    Keras 3 logs what its metric trackers hold after each batch, so the last batch's
+    ``loss`` is the epoch's. The sums stay on the device (two small kernels a value per
+    batch); each batch's means are :class:`KerasLogs`, read only if a callback reads them.
+    Keys in ``last_value`` (stateful metrics, already running values) pass as they are.
+
+    Example:
+        >>> import torch
+        >>> means = RunningMeans()
+        >>> _ = means.update({"loss": torch.tensor(1.0), "size": 2}, 2)
+        >>> logs = means.update({"loss": torch.tensor(4.0), "size": 1}, 1)
+        >>> logs
+        {'loss': 2.0}
+    """
+
+    def __init__(self, last_value: frozenset[str] | set[str] = frozenset()) -> None:
+        self.last_value = frozenset(last_value)
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, Any] = {}
+        self._seen = 0
+
+    def update(self, values: Mapping[str, Any], size: int) -> KerasLogs:
+        """Add one batch (``batch``/``size`` keys are left out) and return the means so far."""
+        self._seen += size
+        means = {}
+        for key, value in sorted(
+            dict.items(values)
+        ):  # dict.items: device values stay unread; keys sorted, as Keras 3 has them
+            if key in ("batch", "size"):
+                continue
+            if key in self.last_value:
+                means[key] = value
+                continue
+            total = self._sums.get(key)
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+                total = value.to(torch.float64) * size if total is None else total.add(value, alpha=size)
+            else:
+                total = (total or 0.0) + float(value) * size
+            self._sums[key] = total
+            means[key] = total / self._seen
+        logs = KerasLogs()
+        logs.update_raw(means)
+        return logs
 
 
 class EpochTotals:
@@ -241,7 +311,7 @@ class EpochTotals:
         self._last = {k: float(v) for k, v in state["last"].items()}
 
     def result(self) -> dict[str, float]:
-        """The averages (and last values), read back in one transfer."""
+        """The averages (and last values) as numpy float64 scalars, read back in one transfer."""
         self._fold()
         out: dict[str, Any] = {}
         if distributed.get_world_size() > 1:  # the one collective of an epoch's logs, under torchrun
@@ -258,4 +328,4 @@ class EpochTotals:
         keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
         for key, value in zip(keys, read_floats([out[k] for k in keys])):
             out[key] = value
-        return {k: float(v) for k, v in out.items()}
+        return {k: np.float64(v) for k, v in out.items()}

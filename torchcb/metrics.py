@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Loss", "Metric", "StatefulMetric", "resolve_loss", "resolve_metrics", "KNOWN_LOSSES", "KNOWN_METRICS"]
+__all__ = [
+    "KNOWN_LOSSES",
+    "KNOWN_METRICS",
+    "Loss",
+    "Metric",
+    "StatefulMetric",
+    "resolve_loss",
+    "resolve_metrics",
+    "target_mismatch",
+]
 
 
 def _reduce_per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -151,6 +161,48 @@ def resolve_loss(loss: Any) -> Loss:
         per_sample = unreduced
     name = type(loss).__name__ if isinstance(loss, torch.nn.Module) else getattr(loss, "__name__", "loss")
     return Loss(loss, name, per_sample)
+
+
+def target_mismatch(loss: str, y_pred: Any, y_true: Any, samples: int) -> str | None:
+    """Why targets shaped like ``y_true`` cannot fit outputs like ``y_pred`` under the Keras loss ``loss``.
+
+    ``None`` when they fit, or when the loss is not a Keras name (a callable checks its own).
+    ``samples`` is how many rows ``y`` has, for the message.
+
+    Example:
+        >>> import torch
+        >>> print(target_mismatch("mse", torch.zeros(2, 10), torch.zeros(2), samples=64))
+        y of shape (64,) does not fit the module's outputs of shape (64, 10) under loss 'mse', which compares them element by element: pass targets shaped like the outputs (one-hot encode class labels), or use loss='sparse_categorical_crossentropy' for integer labels.
+        >>> target_mismatch("mse", torch.zeros(2, 1), torch.zeros(2), samples=64) is None
+        True
+    """
+    if loss not in _LOSSES or not isinstance(y_pred, torch.Tensor) or not isinstance(y_true, torch.Tensor):
+        return None
+    if y_pred.dim() == 0 or y_true.dim() == 0:
+        return None
+    pred, true = tuple(y_pred.shape[1:]), tuple(y_true.shape[1:])
+    if loss == "sparse_categorical_crossentropy":
+        if true in ((), (1,)) or true == pred[1:]:  # a label per sample (or per position, for dense outputs)
+            return None
+        hint = "which takes one integer class label per sample: for one-hot targets use loss='categorical_crossentropy'"
+    elif loss == "categorical_crossentropy":
+        if true == pred:
+            return None
+        hint = (
+            "which takes one-hot (or probability) targets with a column per output: for integer labels use "
+            "loss='sparse_categorical_crossentropy'"
+        )
+    else:  # mse, mae, binary_crossentropy
+        if math.prod(true) == math.prod(pred):
+            return None
+        hint = (
+            "which compares them element by element: pass targets shaped like the outputs (one-hot encode class "
+            "labels), or use loss='sparse_categorical_crossentropy' for integer labels"
+        )
+    return (
+        f"y of shape {(samples, *true)} does not fit the module's outputs of shape {(samples, *pred)} under loss "
+        f"{loss!r}, {hint}."
+    )
 
 
 def _labels(y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:

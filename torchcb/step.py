@@ -102,6 +102,10 @@ class Steps:
             self._train_call = DistributedDataParallel(
                 self._module_call, device_ids=device_ids, process_group=process_group
             )
+        # Keras casts inputs to floatx; a module that embeds indices takes them as integers
+        self.float_inputs = not any(
+            isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) for m in module.modules()
+        )
         self.time_decay = 0.0  # Keras 2's optimizer decay: set through model.optimizer.decay
         self.optimizer_steps = 0
         self._choose_update()
@@ -128,9 +132,14 @@ class Steps:
         """``["loss", *metric names]``, the keys of the logs."""
         return ["loss"] + [m.name for m in self.metric_objects]
 
-    def forward(self, x: Any, *, training: bool = False) -> Any:
-        """Call the module: a list/tuple of inputs is spread as arguments, a dict as keywords."""
-        module = self._train_call if training else self._module_call
+    def forward(self, x: Any, *, training: bool = False, module: Any = None) -> Any:
+        """Call the module: a list/tuple of inputs is spread as arguments, a dict as keywords.
+
+        ``module`` overrides the callable used (by default the compiled module, through
+        DistributedDataParallel for training steps).
+        """
+        if module is None:
+            module = self._train_call if training else self._module_call
         if isinstance(x, dict):
             return module(**x)
         if isinstance(x, (list, tuple)):

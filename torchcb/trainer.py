@@ -30,9 +30,21 @@ from torchcb.checkpoint import (
     to_host,
     write_checkpoint,
 )
-from torchcb.data import Batch, Source, concatenate, is_array_input, make_source, split_arrays, validation_source
+from torchcb.data import (
+    ArraySource,
+    Batch,
+    Source,
+    ValidationArrays,
+    concatenate,
+    is_array_input,
+    make_source,
+    split_arrays,
+    tree_map,
+    validation_source,
+)
 from torchcb.facade import KerasModel
 from torchcb.logs import EpochTotals, Logs
+from torchcb.metrics import KNOWN_LOSSES, target_mismatch
 from torchcb.step import Steps
 
 __all__ = ["Trainer"]
@@ -226,6 +238,7 @@ class Trainer(Steps):
         epoch_logs: dict[str, Any] = {}
         try:
             callbacks.on_train_begin({})
+            callbacks.set_validation_data(ValidationArrays(val) if isinstance(val, ArraySource) else None)
             # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
             start_epoch, skip = self._resume_point(callbacks, initial_epoch, epochs)
             callbacks.begin_train_batches()
@@ -309,13 +322,38 @@ class Trainer(Steps):
             class_weight=class_weight,
             shard=self._shard(),
             seed=distributed.shared_seed() if self.distributed else None,
+            float_inputs=self.float_inputs,
         )
         if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
             self.loss.per_sample(None, None)  # raises the explanation
+        self._check_targets(train)
         val = validation_source(
-            validation_data, batch_size=batch_size, steps=validation_steps, device=self.device, shard=self._shard()
+            validation_data,
+            batch_size=batch_size,
+            steps=validation_steps,
+            device=self.device,
+            shard=self._shard(),
+            float_inputs=self.float_inputs,
         )
         return train, val
+
+    def _check_targets(self, train: Source) -> None:
+        """With a Keras loss name and in-memory data, run the module once on two samples (in eval
+        mode, without gradients) and refuse targets whose shape cannot fit its outputs."""
+        if not isinstance(train, ArraySource) or not isinstance(train.y, torch.Tensor):
+            return
+        if self.loss.name not in KNOWN_LOSSES or type(self).train_step is not Steps.train_step:
+            return  # a callable loss, or a step of the user's own, decides what fits
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                y_pred = self.forward(tree_map(lambda t: t[:2], train.x), module=self.module)
+        finally:
+            self.module.train(was_training)
+        mismatch = target_mismatch(self.loss.name, y_pred, train.y[:2], samples=train.num_samples)
+        if mismatch is not None:
+            raise ValueError(mismatch)
 
     def _fit_params(self, batch_size: int | None, epochs: int, verbose: int, train: Source, validating: bool) -> dict:
         """Keras 2's ``params`` for the callbacks of a ``fit``."""
@@ -422,6 +460,7 @@ class Trainer(Steps):
             steps_argument="steps",
             shard=self._shard(),
             pad=False,
+            float_inputs=self.float_inputs,
         )
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples}
         callback_list = CallbackList.for_inference(
@@ -461,6 +500,7 @@ class Trainer(Steps):
             steps=steps,
             with_targets=False,
             steps_argument="steps",
+            float_inputs=self.float_inputs,
         )
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples, "metrics": []}
         callback_list = CallbackList.for_inference(callbacks, model=self.model, verbose=verbose, params=params)
@@ -536,7 +576,8 @@ class Trainer(Steps):
             if callbacks is None:
                 write_checkpoint(path, state, keep_previous)
             else:  # a snapshot on the host, written while training goes on
-                self.writer.submit(path, functools.partial(write_checkpoint, path, to_host(state), keep_previous))
+                write = functools.partial(write_checkpoint, path, to_host(state), keep_previous)
+                self.writer.submit(path, write, replaceable=keep_previous is None)
 
         self.defer(save)
 

@@ -39,7 +39,10 @@ class Callback:
         model: the Keras-shaped facade of the model being trained (see ``torchcb.facade``).
         params: training parameters: ``epochs``, ``steps``, ``samples``, ``batch_size``,
             ``verbose``, ``do_validation`` and ``metrics``.
-        validation_data: kept for Keras 2 compatibility; always ``None`` in torchcb.
+        validation_data: Keras 2's ``[x..., y..., sample_weights]`` as numpy arrays, set by
+            ``fit`` once ``on_train_begin`` has run when the validation data is in memory
+            (arrays or tensors, ``validation_split`` included); ``None`` otherwise (Datasets,
+            DataLoaders, generators), as in Keras 2.
 
     Example:
         >>> from torchcb.callbacks import Callback

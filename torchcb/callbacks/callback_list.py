@@ -72,7 +72,8 @@ def _user_callbacks(callbacks: Any, model: Any) -> list[Any]:
         check_callback(callback, f"callbacks[{index}]")
     if any(is_keras_callback(c) for c in user):
         model.enable_keras_metrics()
-        user = wrap_keras_callbacks(user)
+        stateful = [m.name for m in getattr(model, "metrics", []) if getattr(m, "stateful", False)]
+        user = wrap_keras_callbacks(user, stateful)
     return user
 
 
@@ -156,6 +157,15 @@ class CallbackList:
             callback.set_model(model)
         self._dispatch = {}
 
+    def set_validation_data(self, data: Any) -> None:
+        """Keras 2's ``callback.validation_data``, given to every callback once ``on_train_begin`` has run.
+
+        Keras 3's callbacks (in their adapters) have no such attribute and get none.
+        """
+        for callback in self.callbacks:
+            if not isinstance(callback, KerasCallback):
+                callback.validation_data = data
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self.callbacks)
 
@@ -163,17 +173,31 @@ class CallbackList:
         return len(self.callbacks)
 
     def methods(self, hook: str) -> list[Any]:
-        """The bound methods that ``hook`` calls, in order: only callbacks that override it."""
+        """The bound methods that ``hook`` calls, in order: only callbacks that implement it.
+
+        A torchcb callback implements a hook it (or its class) overrides, its alias counted;
+        a Keras callback's adapter says for its own (:meth:`KerasCallback.implements`).
+        """
         methods = self._dispatch.get(hook)
         if methods is None:
             alias = _ALIASES.get(hook)
             methods = [
                 getattr(cb, hook)
                 for cb in self.callbacks
-                if hasattr(cb, hook) and (_overrides(cb, hook) or (alias is not None and _overrides(cb, alias)))
+                if hasattr(cb, hook)
+                and (
+                    cb.implements(hook)
+                    if isinstance(cb, KerasCallback)
+                    else _overrides(cb, hook) or (alias is not None and _overrides(cb, alias))
+                )
             ]
             self._dispatch[hook] = methods
         return methods
+
+    def _look_again(self, *hooks: str) -> None:
+        """Forget the callbacks found for ``hooks``: hooks set on an instance since are found next time."""
+        for hook in hooks:
+            self._dispatch.pop(hook, None)
 
     # ----------------------------------------------------------------- the deferred-save round
 
@@ -211,6 +235,7 @@ class CallbackList:
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._call_batch("on_epoch_begin", epoch, logs)
+        self.begin_train_batches()  # a batch hook set by now (in on_train_begin or here) takes part
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._call_batch("on_epoch_end", epoch, logs)
@@ -247,12 +272,14 @@ class CallbackList:
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         self._call("on_test_begin", logs)
+        self._look_again("on_test_batch_begin", "on_test_batch_end")
 
     def on_test_end(self, logs: dict | None = None) -> None:
         self._call("on_test_end", logs)
 
     def on_predict_begin(self, logs: dict | None = None) -> None:
         self._call("on_predict_begin", logs)
+        self._look_again("on_predict_batch_begin", "on_predict_batch_end")
 
     def on_predict_end(self, logs: dict | None = None) -> None:
         self._call("on_predict_end", logs)
@@ -271,6 +298,7 @@ class CallbackList:
         ``fit``'s own BaseLogger takes each step's outputs directly (:meth:`train_batch_end`),
         so Keras' batch logs are built only when some other callback looks at single batches.
         """
+        self._look_again("on_train_batch_begin", "on_train_batch_end")
         self._batch_begin = self.methods("on_train_batch_begin")
         self._sums = next((c for c in self.callbacks if type(c) is BaseLogger), None)  # not a subclass
         self._batch_end = [

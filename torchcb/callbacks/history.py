@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from torchcb.callbacks.base import Callback
 from torchcb.distributed import is_main_process
 from torchcb.logs import EpochTotals
@@ -30,8 +32,8 @@ class BaseLogger(Callback):
         >>> logger.on_batch_end(1, {"batch": 1, "size": 1, "loss": 4.0})
         >>> logs = {}
         >>> logger.on_epoch_end(0, logs)
-        >>> logs
-        {'loss': 2.0}
+        >>> logs == {"loss": 2.0}
+        True
     """
 
     def __init__(self, stateful_metrics: Any = None) -> None:
@@ -107,7 +109,8 @@ class History(Callback):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.epoch = list(state["epoch"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        # a checkpoint holds plain numbers; the logs held numpy scalars, so the History does
+        self.history = {k: [np.float64(x) if type(x) is float else x for x in v] for k, v in state["history"].items()}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}

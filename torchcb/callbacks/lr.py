@@ -89,7 +89,7 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
-            logs["lr"] = get_lr(self.model)
+            logs["lr"] = np.float64(get_lr(self.model))  # a numpy scalar, as Keras 2 logged it
 
 
 def _as_rate(value: Any) -> float:
@@ -181,7 +181,7 @@ class ReduceLROnPlateau(MonitorCallback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
-        logs["lr"] = get_lr(self.model)
+        logs["lr"] = np.float64(get_lr(self.model))
         current = self.get_monitor_value(
             logs, "Reduce LR on plateau conditioned on metric `%s` which is not available. Available metrics are: %s"
         )

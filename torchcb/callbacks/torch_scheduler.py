@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchcb.callbacks.base import Callback
@@ -68,7 +69,7 @@ class TorchScheduler(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
-        logs["lr"] = float(self.scheduler.optimizer.param_groups[0]["lr"])
+        logs["lr"] = np.float64(self.scheduler.optimizer.param_groups[0]["lr"])
         if self.plateau:
             value = logs.get(self.monitor)
             if value is None:
