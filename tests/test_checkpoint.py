@@ -264,6 +264,7 @@ def test_a_checkpoint_that_fails_in_the_background_stops_fit_with_its_error(tmp_
 
     checkpoint = ModelCheckpoint(str(tmp_path / "ckpt" / "{epoch}" / "w.pt"), save_weights_only=True)
     trainer = make_trainer()
+    trainer.write_at_once_below = 0  # every checkpoint through the background writer, however small
     with pytest.raises((NotADirectoryError, FileExistsError)):
         trainer.fit(*make_data(8), epochs=5, verbose=0, callbacks=[checkpoint, BlockEpochTwosDirectory()])
     assert len(errors) == 1 and isinstance(errors[0], (NotADirectoryError, FileExistsError))
@@ -277,6 +278,7 @@ def test_fit_returns_with_every_checkpoint_on_disk(tmp_path):
     from torchcb.callbacks import BackupAndRestore, ModelCheckpoint
 
     trainer = make_trainer()
+    trainer.write_at_once_below = 0  # every checkpoint through the background writer, however small
     callbacks = [
         ModelCheckpoint(str(tmp_path / "w{epoch}.pt"), save_freq=1),
         BackupAndRestore(tmp_path / "backup", save_freq=1, delete_checkpoint=False),
@@ -287,3 +289,25 @@ def test_fit_returns_with_every_checkpoint_on_disk(tmp_path):
     assert all(
         torch.equal(safe_load(tmp_path / "w2.pt")["module"][k], v) for k, v in trainer.module.state_dict().items()
     )
+
+
+def test_a_small_checkpoint_is_written_at_once(tmp_path):
+    import threading
+
+    from tests.conftest import make_data, make_trainer
+    from torchcb.callbacks import Callback, ModelCheckpoint
+
+    seen = {}
+
+    class LookRightAfter(Callback):  # after ModelCheckpoint's round: is the file there, is a writer busy?
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                seen["file"] = (tmp_path / "w1.pt").exists()
+                seen["writer"] = any(t.name == "torchcb-checkpoint-writer" for t in threading.enumerate())
+
+    trainer = make_trainer()  # a few hundred bytes of weights: under write_at_once_below
+    trainer.fit(
+        *make_data(8), epochs=2, verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "w{epoch}.pt")), LookRightAfter()]
+    )
+    assert seen == {"file": True, "writer": False}
+    assert safe_load(tmp_path / "w2.pt")["epoch"] == 2

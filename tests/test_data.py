@@ -177,3 +177,41 @@ def test_bad_x_type():
 def test_malformed_batches_are_named():
     with pytest.raises(ValueError, match=r"each batch must be \(x, y\) or \(x, y, sample_weight\), got Tensor"):
         make_trainer().fit((t for t in [torch.zeros(2, 4)]), steps_per_epoch=1, verbose=0)
+
+
+def test_unshuffled_batches_are_views_of_the_tensors_themselves():
+    from torchcb import Trainer
+
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    seen = []
+
+    class Recording(Trainer):
+        def _record(self, kind, batch):
+            storage = batch.x.untyped_storage().data_ptr()
+            y_ptr = None if batch.y is None else batch.y.data_ptr()  # predict has no targets
+            seen.append((kind, storage, (batch.x.data_ptr() - x.data_ptr()) // (4 * 4), y_ptr))
+
+        def train_step(self, batch):
+            self._record("train", batch)
+            return super().train_step(batch)
+
+        def test_step(self, batch):
+            self._record("test", batch)
+            return super().test_step(batch)
+
+        def predict_step(self, batch):
+            self._record("predict", batch)
+            return super().predict_step(batch)
+
+    net = torch.nn.Linear(4, 2)
+    trainer = Recording(
+        net, torch.optim.SGD(net.parameters(), lr=0.1), loss="sparse_categorical_crossentropy", device="cpu"
+    )
+    trainer.fit(x, y, batch_size=4, epochs=1, shuffle=False, validation_data=(x, y), verbose=0)
+    trainer.evaluate(x, y, batch_size=4, verbose=0)
+    trainer.predict(x, batch_size=4)
+    assert [kind for kind, *_ in seen] == ["train"] * 3 + ["test"] * 3 + ["test"] * 3 + ["predict"] * 3
+    # no gather, no copy: every batch lies in the caller's own tensors, at its rows
+    assert all(storage == x.untyped_storage().data_ptr() for _, storage, _, _ in seen)
+    assert [first_row for _, _, first_row, _ in seen] == [0, 4, 8] * 4
+    assert [y_ptr for kind, *_, y_ptr in seen if kind == "train"] == [y.data_ptr() + 8 * row for row in (0, 4, 8)]

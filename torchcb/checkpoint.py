@@ -84,6 +84,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "load_module_state",
+    "tensor_bytes",
     "to_host",
     "write_checkpoint",
     "safe_load",
@@ -214,6 +215,17 @@ def to_host(value: Any) -> Any:
     return value
 
 
+def tensor_bytes(value: Any) -> int:
+    """How many bytes the tensors in a nest of dicts, lists and tuples hold."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
 def write_checkpoint(path: str, state: Any, keep_previous: str | None = None) -> None:
     """``atomic_save`` ``state`` to ``path``; with ``keep_previous``, first copy the file it replaces there."""
     if keep_previous is not None and os.path.exists(path):
@@ -286,6 +298,11 @@ class BackgroundWriter:
                 with self._condition:
                     if self.error is None:
                         self.error = error
+
+    def idle(self) -> bool:
+        """Whether nothing is queued or being written: a write made now cannot overtake one."""
+        with self._condition:
+            return self._thread is None and not self._queue
 
     def check(self) -> None:
         """Raise the error of a write that failed since the last check, if any."""

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -81,6 +82,19 @@ def concatenate(outputs: list[Any]) -> Any:
     if isinstance(first, (list, tuple)):
         return type(first)(concatenate(list(parts)) for parts in zip(*outputs))
     return outputs
+
+
+def _split(struct: Any, index: Any, size: int) -> Any:
+    """``struct[index]`` cut into batches of ``size`` (the last may be smaller): a view of each
+    tensor for a slice ``index``, one gather for a tensor of indices. ``None`` gives Nones."""
+    if struct is None:
+        return itertools.repeat(None)
+    if isinstance(struct, torch.Tensor):
+        return struct[index].split(size)
+    if isinstance(struct, dict):
+        keys = list(struct)
+        return [dict(zip(keys, parts)) for parts in zip(*(_split(struct[k], index, size) for k in keys))]
+    return [type(struct)(parts) for parts in zip(*(_split(v, index, size) for v in struct))]
 
 
 def _leaves(struct: Any) -> list[Any]:
@@ -246,13 +260,17 @@ class ArraySource(Source):
         order = self._order()  # drawn now, not lazily
         return self._batches(order, range(skip * self.batch_size, self.samples, self.batch_size))
 
-    # Shuffled batches are gathered a chunk at a time, then handed out as views: one gather
-    # on the device per chunk instead of one per batch. A chunk is at most 64 batches and
-    # about 1 MiB, so it is still in cache when its batches are used.
+    # Batches are views of one chunk at a time, made by one split call per chunk. Without
+    # shuffling a chunk is a slice of the arrays themselves: no gather, no copy, and it can
+    # span many batches. Shuffled, a chunk is gathered on the device, one gather for up to 64
+    # batches and about 1 MiB, so it is still in cache when its batches are used.
     chunk_batches = 64
     chunk_bytes = 2**20
+    slice_chunk_batches = 1024
 
-    def _chunk_samples(self) -> int:
+    def _chunk_samples(self, shuffled: bool) -> int:
+        if not shuffled:
+            return self.slice_chunk_batches * self.batch_size
         leaves = _leaves(self.x) + _leaves(self.y)
         bytes_per_sample = sum(t[:1].numel() * t.element_size() for t in leaves) or 1
         batches = min(self.chunk_batches, max(1, self.chunk_bytes // (bytes_per_sample * self.batch_size)))
@@ -260,26 +278,17 @@ class ArraySource(Source):
 
     def _batches(self, order: torch.Tensor | None, starts: range) -> Iterator[Batch]:
         size, n = self.batch_size, self.num_samples if order is None else order.numel()
-        step = self._chunk_samples()
+        step = self._chunk_samples(shuffled=order is not None)
         for chunk_start in range(starts.start, n, step):
             chunk_stop = min(chunk_start + step, n)
-            if order is None:  # no shuffling: slices of the arrays themselves
-                index: Any = slice(chunk_start, chunk_stop)
-            else:
-                index = order[chunk_start:chunk_stop]
-            chunk_x = tree_map(lambda t, index=index: t[index], self.x)
-            chunk_y = tree_map(lambda t, index=index: t[index], self.y)
-            chunk_w = None if self.sample_weight is None else self.sample_weight[index]
-            plain = isinstance(chunk_x, torch.Tensor) and isinstance(chunk_y, torch.Tensor)
-            for start in range(0, chunk_stop - chunk_start, size):
-                stop = start + size
-                if plain:
-                    batch_x, batch_y = chunk_x[start:stop], chunk_y[start:stop]
-                else:
-                    batch_x = tree_map(lambda t, a=start, b=stop: t[a:b], chunk_x)
-                    batch_y = tree_map(lambda t, a=start, b=stop: t[a:b], chunk_y)
-                weights = None if chunk_w is None else chunk_w[start:stop]
-                yield _new_batch(Batch, (batch_x, batch_y, weights, min(stop, chunk_stop - chunk_start) - start))
+            index: Any = slice(chunk_start, chunk_stop) if order is None else order[chunk_start:chunk_stop]
+            xs = _split(self.x, index, size)
+            ys = _split(self.y, index, size)
+            ws = _split(self.sample_weight, index, size)
+            full, rest = divmod(chunk_stop - chunk_start, size)
+            sizes = itertools.chain(itertools.repeat(size, full), (rest,) if rest else ())
+            # the batches are built in C: nothing in Python runs per batch here
+            yield from map(_new_batch, itertools.repeat(Batch), zip(xs, ys, ws, sizes))
 
     def _forever(self) -> Iterator[Batch]:
         while True:

@@ -67,15 +67,15 @@ def device_reads() -> Iterator[ReadCounter]:
 
 
 def read_floats(tensors: list[torch.Tensor]) -> list[float]:
-    """Read scalar tensors back as Python floats in a single transfer."""
+    """Read scalar tensors back as Python floats in a single transfer (counted as one read)."""
     if not tensors:
         return []
     for counter in _counters:
         counter.count += 1
-    if len(tensors) == 1:
-        return [float(tensors[0].item())]
-    # One stack on the device, one copy to the host, whatever the number of values.
-    return torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist()
+    if len(tensors) == 1 or tensors[0].device.type == "cpu":  # already in host memory: nothing to gather
+        return [float(t) for t in tensors]
+    # One stack on the device, one cast, one copy to the host, whatever the number of values.
+    return stack_scalars(tensors).to(torch.float64).tolist()
 
 
 def stack_scalars(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -103,13 +103,13 @@ class Logs(dict):
     it with plain values and add device values with :meth:`update_raw`.
     """
 
-    _pending = False  # a class default: building the logs of a batch costs what a dict costs
+    __slots__ = ("_unread",)  # no instance __dict__: building the logs of a batch costs what a dict costs
     _number: Any = np.float64  # what a read tensor becomes
 
     def update_raw(self, values: Mapping[str, Any]) -> None:
         """Store values, tensors included, without reading anything back."""
         dict.update(self, values)
-        self._pending = True
+        self._unread = True
 
     def raw(self, key: str, default: Any = None) -> Any:
         """The stored value for ``key``: a device tensor if it has not been read yet."""
@@ -120,9 +120,9 @@ class Logs(dict):
         return dict.items(self)
 
     def _materialize(self) -> None:
-        if not self._pending:
+        if not getattr(self, "_unread", False):
             return
-        self._pending = False
+        self._unread = False
         keys = [k for k, v in dict.items(self) if _is_scalar_tensor(v)]
         if keys:
             values = read_floats([dict.__getitem__(self, k) for k in keys])
@@ -180,6 +180,7 @@ class Logs(dict):
 class KerasLogs(Logs):
     """:class:`Logs` whose read values are Python floats, as Keras 3 hands them to callbacks."""
 
+    __slots__ = ()
     _number = float
 
 

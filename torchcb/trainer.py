@@ -27,6 +27,7 @@ from torchcb.checkpoint import (
     load_module_state,
     rng_state,
     set_rng_state,
+    tensor_bytes,
     to_host,
     write_checkpoint,
 )
@@ -171,6 +172,7 @@ class Trainer(Steps):
         self._pending_resume: TrainingState | None = None  # a loaded checkpoint the next fit resumes from
         self._resume: TrainingState | None = None  # the one this fit resumes from
         self.writer = BackgroundWriter()  # checkpoints saved during fit are written off the training path
+        self.write_at_once_below = 2**20  # bytes of tensors under which a checkpoint is written at once
         self.model = KerasModel(self)
 
     # ----------------------------------------------------------------- fit
@@ -540,7 +542,8 @@ class Trainer(Steps):
         holds every callback's state for that batch or epoch) and after the pending checks of
         ``before_checkpoint`` (TerminateOnNaN's); it is copied to host memory and written by
         a background thread while training goes on, and ``fit`` returns once it is on disk.
-        Outside ``fit`` it is written at once.
+        Outside ``fit``, and for a state under ``write_at_once_below`` bytes of tensors (1 MiB)
+        with no write queued before it, it is written at once.
 
         Args:
             path: the file.
@@ -573,9 +576,12 @@ class Trainer(Steps):
             state = capture()
             if not distributed.is_main_process():
                 return
-            if callbacks is None:
+            # Outside fit, or a small state with nothing queued before it, is written at once: a
+            # thread would cost a small write more than it saves. Else a snapshot on the host is
+            # written while training goes on.
+            if callbacks is None or (tensor_bytes(state) < self.write_at_once_below and self.writer.idle()):
                 write_checkpoint(path, state, keep_previous)
-            else:  # a snapshot on the host, written while training goes on
+            else:
                 write = functools.partial(write_checkpoint, path, to_host(state), keep_previous)
                 self.writer.submit(path, write, replaceable=keep_previous is None)
 

@@ -100,7 +100,6 @@ class CallbackList:
         self._sums: BaseLogger | None = None  # fit's BaseLogger, fed each step's outputs directly
         self._batch_begin: list[Any] = []
         self._batch_end: list[Any] = []
-        self._batch_logs = False  # whether any callback looks at single training batches
         self.writer: Any = None  # the trainer's BackgroundWriter, whose failures surface at the next hook
         for callback in callbacks or []:
             self.append(callback)
@@ -304,24 +303,39 @@ class CallbackList:
         self._batch_end = [
             m for m in self.methods("on_train_batch_end") if getattr(m, "__self__", None) is not self._sums
         ]
-        self._batch_logs = bool(self._batch_begin or self._batch_end)
 
     def train_batch_begin(self, step: int, size: int) -> Logs | None:
-        """The ``on_train_batch_begin`` round; returns the batch's logs, or None when nobody reads them."""
-        if not self._batch_logs:
+        """The ``on_train_batch_begin`` round; returns the batch's logs, or None when nobody reads them yet.
+
+        The same logs then go to ``on_train_batch_end`` with the step's values added, as in
+        Keras 2; with no begin hook they are built at the batch's end, or not at all.
+        """
+        if not self._batch_begin:
             return None
         logs = Logs(batch=step, size=size)
         self._round(self._batch_begin, step, logs)
         return logs
 
     def train_batch_end(self, step: int, size: int, outputs: dict[str, Any], logs: Logs | None) -> None:
-        """The ``on_train_batch_end`` round, with the step's ``outputs`` (device tensors, unread)."""
+        """The ``on_train_batch_end`` round, with the step's ``outputs`` (device tensors, unread).
+
+        It runs every batch, so its round is written out here rather than through :meth:`_round`.
+        """
         if self._sums is not None:
             self._sums.add(outputs, size)  # first, as BaseLogger is in Keras' order
-        if logs is not None:
-            logs.update_raw(outputs)
-            self._round(self._batch_end, step, logs)
-        else:
+        hooks = self._batch_end
+        if hooks:
+            if logs is None:
+                logs = Logs(batch=step, size=size)
+            dict.update(logs, outputs)
+            logs._unread = True
+            try:
+                for hook in hooks:
+                    hook(step, logs)
+            except BaseException:
+                self._deferred.clear()  # as in _round
+                raise
+        if self._deferred or (self.writer is not None and self.writer.error is not None):
             self._end_round()
 
     def checkpoint_allowed(self) -> bool:

@@ -91,14 +91,15 @@ class _HTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
     pass
 
 
-def _opener(deadline: float, on_connect: Any) -> urllib.request.OpenerDirector:
-    """urllib's opener (proxies and all), whose connections end by ``deadline``."""
+def _opener(deadline: Any, on_connect: Any) -> urllib.request.OpenerDirector:
+    """urllib's opener (proxies and all), whose connections end by ``deadline()`` (built once a fit)."""
 
     def connection(kind: type) -> Any:
         def make(host: str, **kwargs: Any) -> http.client.HTTPConnection:
-            kwargs["timeout"] = max(deadline - time.monotonic(), 1e-3)
+            ends = deadline()
+            kwargs["timeout"] = max(ends - time.monotonic(), 1e-3)
             made = kind(host, **kwargs)
-            made.deadline, made.on_connect = deadline, on_connect
+            made.deadline, made.on_connect = ends, on_connect
             return made
 
         return make
@@ -193,6 +194,8 @@ class RemoteMonitor(Callback):
         self._warned_outage = False  # whether the current outage was warned about
         self._last_error = ""
         self._in_flight: _DeadlineSocket | None = None  # the socket of the post being sent
+        self._opener: urllib.request.OpenerDirector | None = None  # built at the first post
+        self._deadline = 0.0
 
     @property
     def url(self) -> str:
@@ -215,9 +218,11 @@ class RemoteMonitor(Callback):
             self._in_flight = sock
 
     def _send(self, payload: dict[str, Any]) -> None:
-        opener = _opener(time.monotonic() + self.timeout, self._connected)  # one deadline for the whole post
+        self._deadline = time.monotonic() + self.timeout  # one deadline for the whole post
+        if self._opener is None:
+            self._opener = _opener(lambda: self._deadline, self._connected)
         try:
-            with opener.open(self._request(payload)) as response:
+            with self._opener.open(self._request(payload)) as response:
                 response.read()
         except urllib.error.HTTPError as error:
             error.close()  # the server answered: as in Keras, the status is not checked

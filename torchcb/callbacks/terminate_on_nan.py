@@ -9,7 +9,7 @@ import torch
 
 from torchcb._checks import check_int
 from torchcb.callbacks.base import Callback
-from torchcb.logs import read_floats, stack_scalars
+from torchcb.logs import read_floats
 
 __all__ = ["TerminateOnNaN"]
 
@@ -21,8 +21,8 @@ class TerminateOnNaN(Callback):
     sets ``model.stop_training``; the epoch still ends (``on_epoch_end`` runs) and training
     stops after it.
 
-    The check runs on the device: the losses of ``check_every`` batches are tested
-    together and read back as one boolean, so a GPU is not synchronised every batch. The
+    The losses stay on the device and are read back ``check_every`` batches at a time, in
+    one transfer, so a GPU is not synchronised every batch. The
     price is a lag: training may go on for up to ``check_every - 1`` batches after the bad
     one before it stops, but a bad loss is never missed: the pending batches are always
     checked at the end of the epoch, and before any checkpoint, weights file or backup is
@@ -48,7 +48,8 @@ class TerminateOnNaN(Callback):
         super().__init__()
         self.check_every = check_int(check_every, "check_every", 1)
         self.raise_error = raise_error
-        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._pending: list[torch.Tensor] = []  # losses not checked yet, of consecutive batches
+        self._first_pending = 0  # the batch index of the first of them
         self.went_bad = False
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -61,15 +62,16 @@ class TerminateOnNaN(Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss: Any = dict.get(logs, "loss") if logs else None  # dict.get: the stored value, not read back
-        if loss is None:
-            return
-        if isinstance(loss, torch.Tensor):
-            self._pending.append((batch, loss))  # checked on the device, with the next ones
-            if len(self._pending) >= self.check_every:
+        if loss.__class__ is torch.Tensor:
+            pending = self._pending
+            if not pending:
+                self._first_pending = batch
+            pending.append(loss)  # checked on the device, with the next ones
+            if len(pending) >= self.check_every:
                 self._check_pending()
-            return
-        self._check_pending()
-        self._check(batch, float(loss))
+        elif loss is not None:
+            self._check_pending()
+            self._check(batch, float(loss))
 
     on_batch_end = on_train_batch_end  # the Keras 2 name
 
@@ -80,16 +82,10 @@ class TerminateOnNaN(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        losses = stack_scalars([loss for _, loss in pending])
-        # a NaN or an infinity makes the sum non-finite: one reduction and one read per check
-        (total,) = read_floats([losses.sum(dtype=torch.float32)])
-        if math.isfinite(total):
-            return
-        finite = torch.isfinite(losses).tolist()
-        if all(finite):  # finite losses whose sum overflowed
-            return
-        first = finite.index(False)
-        self._check(pending[first][0], float(losses[first]))
+        for offset, loss in enumerate(read_floats(pending)):  # the group's losses in one read
+            if not math.isfinite(loss):
+                self._check(self._first_pending + offset, loss)
+                return
 
     def _check(self, batch: int, loss: float) -> None:
         if math.isnan(loss) or math.isinf(loss):
