@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import io
 import os
 import pickle
@@ -80,6 +81,7 @@ __all__ = [
     "FORMAT_VERSION",
     "BackgroundWriter",
     "CheckpointError",
+    "Checkpointing",
     "TrainingState",
     "atomic_save",
     "atomic_write",
@@ -612,3 +614,128 @@ def load_module_state(path: str | os.PathLike, module: torch.nn.Module, map_loca
         state = state["module"]
     check_module_state(module, state, os.fspath(path))
     return state
+
+
+class Checkpointing:
+    """Saving and loading a trainer's checkpoints; :class:`torchcb.Trainer` inherits it.
+
+    Saves asked for inside ``fit`` wait for the end of the current round of hooks and go
+    through the trainer's :class:`BackgroundWriter`; a loaded checkpoint is restored at once
+    into the module and optimizer and applied to the next ``fit`` through
+    :meth:`resume_point`. It reads the trainer's ``module``, ``optimizer``, ``device``,
+    ``distributed``, ``callback_list``, ``writer``, ``write_at_once_below`` and counters.
+    """
+
+    module: torch.nn.Module
+    device: torch.device
+    distributed: bool
+    callback_list: CallbackList | None
+    writer: BackgroundWriter
+    write_at_once_below: int
+    epochs_completed: int
+    _pending_resume: TrainingState | None
+    _resume: TrainingState | None
+
+    def defer(self, action: Any) -> None:
+        """Run ``action()`` once the current round of hooks has finished (at once outside ``fit``).
+
+        Full checkpoints use it, so they hold the state of every callback after it has seen
+        the epoch or batch, whatever the callback order.
+        """
+        if self.callback_list is None:
+            action()
+        else:
+            self.callback_list.defer(action)
+
+    def save_checkpoint(
+        self, path: str | os.PathLike, *, all_ranks: bool = False, keep_previous: str | os.PathLike | None = None
+    ) -> None:
+        """Write the full training state to ``path`` (``model.save``); under torchrun rank 0 writes.
+
+        Inside ``fit`` the state is taken when the current round of hooks has finished (so it
+        holds every callback's state for that batch or epoch) and after the pending checks of
+        ``before_checkpoint`` (TerminateOnNaN's); it is copied to host memory and written by
+        a background thread while training goes on, and ``fit`` returns once it is on disk.
+        Outside ``fit``, and for a state under ``write_at_once_below`` bytes of tensors (1 MiB)
+        with no write queued before it, it is written at once.
+
+        Args:
+            path: the file.
+            all_ranks: every rank calls this at the same point (BackupAndRestore does), so the
+                epoch sums and metric states of all ranks are saved.
+            keep_previous: copy the file being replaced there first (``double_checkpoint``).
+        """
+        if distributed.is_main_process():
+            check_writable(path, "checkpoint path")
+        elif not all_ranks:
+            return  # rank 0 writes; every rank holds the same weights
+        previous = None if keep_previous is None else os.fspath(keep_previous)
+        self._save(path, lambda: TrainingState.capture(self, all_ranks).as_dict(), all_ranks, previous)
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes."""
+        if distributed.is_main_process():
+            self._save(path, self.module.state_dict, False, None)
+
+    def _save(self, path: str | os.PathLike, capture: Any, all_ranks: bool, keep_previous: str | None) -> None:
+        path = os.fspath(path)
+
+        def save() -> None:
+            callbacks = self.callback_list
+            allowed = callbacks is None or callbacks.checkpoint_allowed()
+            if all_ranks and self.distributed:
+                allowed = not distributed.any_rank(not allowed)  # a NaN seen on any rank stops every write
+            if not allowed:
+                return
+            state = capture()
+            if not distributed.is_main_process():
+                return
+            # Outside fit, or a small state with nothing queued before it, is written at once: a
+            # thread would cost a small write more than it saves. Else a snapshot on the host is
+            # written while training goes on.
+            if callbacks is None or (tensor_bytes(state) < self.write_at_once_below and self.writer.idle()):
+                write_checkpoint(path, state, keep_previous)
+            else:
+                write = functools.partial(write_checkpoint, path, to_host(state), keep_previous)
+                self.writer.submit(path, write, replaceable=keep_previous is None)
+
+        self.defer(save)
+
+    def wait_for_writes(self) -> None:
+        """Return once every checkpoint submitted during ``fit`` is on disk (``fit`` ends with it)."""
+        self.writer.wait()
+
+    def load_checkpoint(self, path: str | os.PathLike) -> int:
+        """Restore a full checkpoint (``model.save``, ``ModelCheckpoint``, ``BackupAndRestore``).
+
+        The module, the optimizer (and GradScaler) are restored at once; the next ``fit``
+        then resumes exactly where the checkpoint was written: at its epoch, mid-epoch at
+        its batch in the same batch order, with the random state and the state of every
+        callback of the same kind restored. Returns the epoch the next ``fit`` starts at.
+
+        Example:
+            >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
+            >>> # trainer.load_checkpoint("ckpt/last.pt"); trainer.fit(x, y, epochs=10, callbacks=[...])
+        """
+        return self.restore_state(TrainingState.load(path, map_location=self.device), source=os.fspath(path))
+
+    def restore_state(self, state: TrainingState, source: str = "the checkpoint") -> int:
+        """What :meth:`load_checkpoint` does, for a state already read (``source`` names it in errors)."""
+        state.restore(self, source=source)
+        self._pending_resume = state
+        return self.epochs_completed
+
+    def resume_point(self, callbacks: CallbackList, initial_epoch: int, epochs: int) -> tuple[int, int]:
+        """Apply a pending checkpoint to the starting ``fit``; returns ``(epoch, batches to skip)``."""
+        state, self._pending_resume = self._pending_resume, None
+        self._resume = state
+        if state is None:
+            return initial_epoch, 0
+        epoch, skip = state.resume(self, callbacks)
+        if state.stop_training and not skip:
+            return epochs, 0  # the run had been asked to stop at that epoch's end: no epoch is left
+        return epoch, skip
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""
+        self.module.load_state_dict(load_module_state(path, self.module, map_location=self.device))

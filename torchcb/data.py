@@ -715,39 +715,28 @@ def validation_source(
     list), a Dataset, a DataLoader or an iterable of batches; ``None`` for none. Never shuffled or padded."""
     if validation_data is None:
         return None
-    where = "validation_data: "
-    if _is_xy(validation_data):
-        x_val, y_val = validation_data[0], validation_data[1]
-        weights = validation_data[2] if len(validation_data) == 3 else None
-        return make_source(
-            x_val,
-            y_val,
-            batch_size=batch_size,
-            shuffle=False,
-            device=device,
-            steps=steps,
-            sample_weight=weights,
-            steps_argument="validation_steps",
-            shard=shard,
-            pad=False,
-            where=where,
-            float_inputs=float_inputs,
-        )
-    if is_array_input(validation_data):
+    arrays = _is_xy(validation_data)
+    if not arrays and is_array_input(validation_data):
         raise ValueError(
             "validation_data must be (x_val, y_val), (x_val, y_val, sample_weight), a Dataset, a DataLoader or an "
             "iterable of (x, y) batches; arrays alone have no targets."
         )
+    common = {
+        "shuffle": False,
+        "device": device,
+        "steps": steps,
+        "steps_argument": "validation_steps",
+        "shard": shard,
+        "pad": False,
+        "where": "validation_data: ",
+        "float_inputs": float_inputs,
+    }
+    if arrays:
+        weights = validation_data[2] if len(validation_data) == 3 else None
+        return make_source(
+            validation_data[0], validation_data[1], batch_size=batch_size, sample_weight=weights, **common
+        )
+    # a Dataset is batched with batch_size; a DataLoader or an iterable yields its own batches
     return make_source(
-        validation_data,
-        None,
-        batch_size=None if not isinstance(validation_data, Dataset) else batch_size,
-        shuffle=False,
-        device=device,
-        steps=steps,
-        steps_argument="validation_steps",
-        shard=shard,
-        pad=False,
-        where=where,
-        float_inputs=float_inputs,
+        validation_data, None, batch_size=batch_size if isinstance(validation_data, Dataset) else None, **common
     )

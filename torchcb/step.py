@@ -31,8 +31,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from torchcb._checks import check_int
-from torchcb.data import Batch
-from torchcb.metrics import resolve_loss, resolve_metrics
+from torchcb.data import ArraySource, Batch, Source, tree_map
+from torchcb.metrics import KNOWN_LOSSES, resolve_loss, resolve_metrics, target_mismatch
 
 __all__ = ["PRECISIONS", "Steps"]
 
@@ -273,3 +273,21 @@ class Steps:
         for metric in self.metric_objects:
             if metric.stateful:
                 metric.reset()  # type: ignore[attr-defined]
+
+    def check_targets(self, train: Source) -> None:
+        """With a Keras loss name and in-memory data, run the module once on two samples (in eval
+        mode, without gradients) and refuse targets whose shape cannot fit its outputs."""
+        if not isinstance(train, ArraySource) or not isinstance(train.y, torch.Tensor):
+            return
+        if self.loss.name not in KNOWN_LOSSES or type(self).train_step is not Steps.train_step:
+            return  # a callable loss, or a step of the user's own, decides what fits
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                y_pred = self.forward(tree_map(lambda t: t[:2], train.x), module=self.module)
+        finally:
+            self.module.train(was_training)
+        mismatch = target_mismatch(self.loss.name, y_pred, train.y[:2], samples=train.num_samples)
+        if mismatch is not None:
+            raise ValueError(mismatch)

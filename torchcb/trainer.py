@@ -9,28 +9,16 @@ callbacks are reached through their ``CallbackList``; what a full checkpoint hol
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from torchcb import distributed
-from torchcb._checks import check_int, is_int
+from torchcb._checks import check_int, check_verbose, validation_schedule
 from torchcb.callbacks.callback_list import CallbackList
 from torchcb.callbacks.history import History
-from torchcb.checkpoint import (
-    BackgroundWriter,
-    TrainingState,
-    check_writable,
-    load_module_state,
-    rng_state,
-    set_rng_state,
-    tensor_bytes,
-    to_host,
-    write_checkpoint,
-)
+from torchcb.checkpoint import BackgroundWriter, Checkpointing, TrainingState, rng_state, set_rng_state
 from torchcb.data import (
     ArraySource,
     Batch,
@@ -40,38 +28,16 @@ from torchcb.data import (
     is_array_input,
     make_source,
     split_arrays,
-    tree_map,
     validation_source,
 )
 from torchcb.facade import KerasModel
 from torchcb.logs import EpochTotals, Logs
-from torchcb.metrics import KNOWN_LOSSES, target_mismatch
 from torchcb.step import Steps
 
 __all__ = ["Trainer"]
 
 
-def _validation_schedule(validation_freq: Any) -> Any:
-    """A predicate on the 0-based epoch: does validation run after it? (Keras counts from 1.)"""
-    if is_int(validation_freq) and validation_freq >= 1:
-        return lambda epoch: (epoch + 1) % validation_freq == 0
-    if isinstance(validation_freq, (list, tuple, set, range)) and all(is_int(e) and e >= 1 for e in validation_freq):
-        epochs = set(validation_freq)
-        return lambda epoch: (epoch + 1) in epochs
-    raise ValueError(
-        f"validation_freq must be an int >= 1 or a list of 1-based epoch numbers, got {validation_freq!r}."
-    )
-
-
-def _check_verbose(verbose: Any) -> int:
-    if verbose == "auto":
-        return 1
-    if verbose not in (0, 1, 2):  # True and False are 1 and 0, as Keras takes them
-        raise ValueError(f"verbose must be 0, 1, 2, True, False or 'auto', got {verbose!r}.")
-    return int(verbose)
-
-
-class Trainer(Steps):
+class Trainer(Steps, Checkpointing):
     """Train a ``torch.nn.Module`` with the Keras ``fit`` API and Keras callbacks.
 
     Args:
@@ -104,6 +70,8 @@ class Trainer(Steps):
 
     ``train_step``, ``test_step`` and ``predict_step`` come from :class:`torchcb.step.Steps`;
     override them on a subclass for a model that is not one input and one target.
+    ``save_checkpoint``, ``save_weights``, ``load_checkpoint``, ``load_weights`` and
+    ``wait_for_writes`` come from :class:`torchcb.checkpoint.Checkpointing`.
 
     Example:
         >>> import torch
@@ -219,8 +187,8 @@ class Trainer(Steps):
             )
         epochs = check_int(epochs, "epochs", 0)
         initial_epoch = check_int(initial_epoch, "initial_epoch", 0)
-        verbose = _check_verbose(verbose)
-        should_validate = _validation_schedule(validation_freq)
+        verbose = check_verbose(verbose)
+        should_validate = validation_schedule(validation_freq)
         train, val = self._fit_sources(
             x, y, batch_size, shuffle, validation_split, validation_data, class_weight, sample_weight,
             steps_per_epoch, validation_steps,
@@ -242,7 +210,7 @@ class Trainer(Steps):
             callbacks.on_train_begin({})
             callbacks.set_validation_data(ValidationArrays(val) if isinstance(val, ArraySource) else None)
             # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
-            start_epoch, skip = self._resume_point(callbacks, initial_epoch, epochs)
+            start_epoch, skip = self.resume_point(callbacks, initial_epoch, epochs)
             callbacks.begin_train_batches()
             for epoch in range(start_epoch, epochs):
                 self.module.train()
@@ -328,7 +296,7 @@ class Trainer(Steps):
         )
         if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
             self.loss.per_sample(None, None)  # raises the explanation
-        self._check_targets(train)
+        self.check_targets(train)
         val = validation_source(
             validation_data,
             batch_size=batch_size,
@@ -338,24 +306,6 @@ class Trainer(Steps):
             float_inputs=self.float_inputs,
         )
         return train, val
-
-    def _check_targets(self, train: Source) -> None:
-        """With a Keras loss name and in-memory data, run the module once on two samples (in eval
-        mode, without gradients) and refuse targets whose shape cannot fit its outputs."""
-        if not isinstance(train, ArraySource) or not isinstance(train.y, torch.Tensor):
-            return
-        if self.loss.name not in KNOWN_LOSSES or type(self).train_step is not Steps.train_step:
-            return  # a callable loss, or a step of the user's own, decides what fits
-        was_training = self.module.training
-        self.module.eval()
-        try:
-            with torch.no_grad(), self.autocast():
-                y_pred = self.forward(tree_map(lambda t: t[:2], train.x), module=self.module)
-        finally:
-            self.module.train(was_training)
-        mismatch = target_mismatch(self.loss.name, y_pred, train.y[:2], samples=train.num_samples)
-        if mismatch is not None:
-            raise ValueError(mismatch)
 
     def _fit_params(self, batch_size: int | None, epochs: int, verbose: int, train: Source, validating: bool) -> dict:
         """Keras 2's ``params`` for the callbacks of a ``fit``."""
@@ -450,7 +400,7 @@ class Trainer(Steps):
             >>> sorted(trainer.evaluate(torch.ones(4, 2), torch.ones(4, 1), verbose=0, return_dict=True))
             ['loss', 'mae']
         """
-        verbose = _check_verbose(verbose)
+        verbose = check_verbose(verbose)
         source = make_source(
             x,
             y,
@@ -492,7 +442,7 @@ class Trainer(Steps):
             >>> trainer.predict(torch.ones(5, 2), batch_size=2).shape
             torch.Size([5, 3])
         """
-        verbose = _check_verbose(verbose)
+        verbose = check_verbose(verbose)
         source = make_source(
             x,
             None,
@@ -519,109 +469,3 @@ class Trainer(Steps):
         callback_list.on_predict_end({})
         self.module.train(was_training)
         return concatenate(outputs)
-
-    # ----------------------------------------------------------------- checkpoints
-
-    def defer(self, action: Any) -> None:
-        """Run ``action()`` once the current round of hooks has finished (at once outside ``fit``).
-
-        Full checkpoints use it, so they hold the state of every callback after it has seen
-        the epoch or batch, whatever the callback order.
-        """
-        if self.callback_list is None:
-            action()
-        else:
-            self.callback_list.defer(action)
-
-    def save_checkpoint(
-        self, path: str | os.PathLike, *, all_ranks: bool = False, keep_previous: str | os.PathLike | None = None
-    ) -> None:
-        """Write the full training state to ``path`` (``model.save``); under torchrun rank 0 writes.
-
-        Inside ``fit`` the state is taken when the current round of hooks has finished (so it
-        holds every callback's state for that batch or epoch) and after the pending checks of
-        ``before_checkpoint`` (TerminateOnNaN's); it is copied to host memory and written by
-        a background thread while training goes on, and ``fit`` returns once it is on disk.
-        Outside ``fit``, and for a state under ``write_at_once_below`` bytes of tensors (1 MiB)
-        with no write queued before it, it is written at once.
-
-        Args:
-            path: the file.
-            all_ranks: every rank calls this at the same point (BackupAndRestore does), so the
-                epoch sums and metric states of all ranks are saved.
-            keep_previous: copy the file being replaced there first (``double_checkpoint``).
-        """
-        if distributed.is_main_process():
-            check_writable(path, "checkpoint path")
-        elif not all_ranks:
-            return  # rank 0 writes; every rank holds the same weights
-        previous = None if keep_previous is None else os.fspath(keep_previous)
-        self._save(path, lambda: TrainingState.capture(self, all_ranks).as_dict(), all_ranks, previous)
-
-    def save_weights(self, path: str | os.PathLike) -> None:
-        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes."""
-        if distributed.is_main_process():
-            self._save(path, self.module.state_dict, False, None)
-
-    def _save(self, path: str | os.PathLike, capture: Any, all_ranks: bool, keep_previous: str | None) -> None:
-        path = os.fspath(path)
-
-        def save() -> None:
-            callbacks = self.callback_list
-            allowed = callbacks is None or callbacks.checkpoint_allowed()
-            if all_ranks and self.distributed:
-                allowed = not distributed.any_rank(not allowed)  # a NaN seen on any rank stops every write
-            if not allowed:
-                return
-            state = capture()
-            if not distributed.is_main_process():
-                return
-            # Outside fit, or a small state with nothing queued before it, is written at once: a
-            # thread would cost a small write more than it saves. Else a snapshot on the host is
-            # written while training goes on.
-            if callbacks is None or (tensor_bytes(state) < self.write_at_once_below and self.writer.idle()):
-                write_checkpoint(path, state, keep_previous)
-            else:
-                write = functools.partial(write_checkpoint, path, to_host(state), keep_previous)
-                self.writer.submit(path, write, replaceable=keep_previous is None)
-
-        self.defer(save)
-
-    def wait_for_writes(self) -> None:
-        """Return once every checkpoint submitted during ``fit`` is on disk (``fit`` ends with it)."""
-        self.writer.wait()
-
-    def load_checkpoint(self, path: str | os.PathLike) -> int:
-        """Restore a full checkpoint (``model.save``, ``ModelCheckpoint``, ``BackupAndRestore``).
-
-        The module, the optimizer (and GradScaler) are restored at once; the next ``fit``
-        then resumes exactly where the checkpoint was written: at its epoch, mid-epoch at
-        its batch in the same batch order, with the random state and the state of every
-        callback of the same kind restored. Returns the epoch the next ``fit`` starts at.
-
-        Example:
-            >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
-            >>> # trainer.load_checkpoint("ckpt/last.pt"); trainer.fit(x, y, epochs=10, callbacks=[...])
-        """
-        return self.restore_state(TrainingState.load(path, map_location=self.device), source=os.fspath(path))
-
-    def restore_state(self, state: TrainingState, source: str = "the checkpoint") -> int:
-        """What :meth:`load_checkpoint` does, for a state already read (``source`` names it in errors)."""
-        state.restore(self, source=source)
-        self._pending_resume = state
-        return self.epochs_completed
-
-    def _resume_point(self, callbacks: CallbackList, initial_epoch: int, epochs: int) -> tuple[int, int]:
-        """Apply a pending checkpoint to the starting ``fit``; returns ``(epoch, batches to skip)``."""
-        state, self._pending_resume = self._pending_resume, None
-        self._resume = state
-        if state is None:
-            return initial_epoch, 0
-        epoch, skip = state.resume(self, callbacks)
-        if state.stop_training and not skip:
-            return epochs, 0  # the run had been asked to stop at that epoch's end: no epoch is left
-        return epoch, skip
-
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""
-        self.module.load_state_dict(load_module_state(path, self.module, map_location=self.device))
