@@ -110,39 +110,20 @@ def main():
                 self.failed = True
                 raise RuntimeError("interrupted")
 
-    backup, failure = BackupAndRestore(f"{out}/backup"), FailInEpochTwo()
-    trainer = _trainer()
-    try:
-        trainer.fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[backup, failure])
-    except RuntimeError:
-        pass
-    began = []
-    history = _trainer().fit(
-        x,
-        y,
-        batch_size=8,
-        epochs=4,
-        verbose=0,
-        callbacks=[backup, failure, LambdaCallback(on_epoch_begin=lambda epoch, logs: began.append(epoch))],
-    )
-    report["resumed"] = {"began": began, "epochs": history.epoch, "loss": history.history["loss"]}
+    def fail_then_resume(backup_dir):
+        backup, failure = BackupAndRestore(backup_dir), FailInEpochTwo()
+        try:
+            _trainer().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[backup, failure])
+        except RuntimeError:
+            pass
+        began = []
+        record = LambdaCallback(on_epoch_begin=lambda epoch, logs: began.append(epoch))
+        history = _trainer().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[backup, failure, record])
+        return {"began": began, "epochs": history.epoch, "loss": history.history["loss"]}
 
+    report["resumed"] = fail_then_resume(f"{out}/backup")
     # Backups on disks the ranks do not share: rank 0's backup is sent to every rank.
-    backup, failure = BackupAndRestore(f"{out}/backup_rank{rank}"), FailInEpochTwo()
-    try:
-        _trainer().fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[backup, failure])
-    except RuntimeError:
-        pass
-    began = []
-    history = _trainer().fit(
-        x,
-        y,
-        batch_size=8,
-        epochs=4,
-        verbose=0,
-        callbacks=[backup, LambdaCallback(on_epoch_begin=lambda epoch, logs: began.append(epoch))],
-    )
-    report["separate_disks"] = {"began": began, "epochs": history.epoch, "loss": history.history["loss"]}
+    report["separate_disks"] = fail_then_resume(f"{out}/backup_rank{rank}")
 
     # A resume mid-epoch with a stateful metric: the epoch sums and metric states of both ranks
     # are in the backup, so the resumed History is the uninterrupted run's.

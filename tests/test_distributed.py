@@ -14,26 +14,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def _torchrun(worker, out, processes=2):
+    """``worker OUT`` in ``processes`` real processes under torchrun (gloo on 127.0.0.1); 0 runs it alone."""
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "GLOO_SOCKET_IFNAME": "lo"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    single = subprocess.run([sys.executable, WORKER, str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        WORKER,
-        str(out),
-    ]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes else []
     # a hang fails the test at the timeout instead of blocking the suite
-    ddp = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    run = subprocess.run(
+        [sys.executable, *launcher, worker, str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    _torchrun(WORKER, out, processes=0)  # the single-process reference
+    ddp = _torchrun(WORKER, out)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     return out, json.loads((out / "reference.json").read_text()), ranks, ddp.stdout
 
@@ -115,19 +114,7 @@ def test_a_mid_epoch_resume_keeps_the_sums_and_metric_states_of_every_rank(runs)
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="two NCCL ranks need two GPUs")
 def test_two_ranks_on_two_gpus_reduce_with_nccl(tmp_path):
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    worker = os.path.join(os.path.dirname(__file__), "ddp_cuda_worker.py")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        worker,
-        str(tmp_path),
-    ]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    _torchrun(os.path.join(os.path.dirname(__file__), "ddp_cuda_worker.py"), tmp_path)
     ranks = [json.loads((tmp_path / f"cuda_rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["device"] for r in ranks] == ["cuda:0", "cuda:1"]
     assert all("nccl" in r["backend"] for r in ranks)

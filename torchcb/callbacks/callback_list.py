@@ -292,10 +292,11 @@ class CallbackList:
     # ----------------------------------------------------------------- fit's training batches
 
     def begin_train_batches(self) -> None:
-        """Look up the training-batch hooks once per ``fit``: a small model's step is short.
+        """Look up the training-batch hooks, when ``fit`` starts and at each epoch's start, not per batch.
 
-        ``fit``'s own BaseLogger takes each step's outputs directly (:meth:`train_batch_end`),
-        so Keras' batch logs are built only when some other callback looks at single batches.
+        Hooks set on an instance since the last look take part from then on. ``fit``'s own
+        BaseLogger takes each step's outputs directly (:meth:`train_batch_end`), so Keras'
+        batch logs are built only when some other callback looks at single batches.
         """
         self._look_again("on_train_batch_begin", "on_train_batch_end")
         self._batch_begin = self.methods("on_train_batch_begin")
