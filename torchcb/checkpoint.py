@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from torchcb import distributed
+from torchcb.data import tree_leaves, tree_map
 
 # torch.save imports its serialization config on first use, which takes milliseconds;
 # importing it with torchcb keeps that out of a run's first checkpoint.
@@ -193,39 +194,27 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def plain(value: Any) -> Any:
-    """``value`` with numpy scalars and 0-d arrays made Python numbers: what ``weights_only`` loads take."""
+def _plain_leaf(value: Any) -> Any:
     if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
         return value.item()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain(v) for v in value)
     return value
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and 0-d arrays made Python numbers: what ``weights_only`` loads take."""
+    return tree_map(_plain_leaf, value)
 
 
 def to_host(value: Any) -> Any:
     """A copy of ``value`` with every tensor copied to host memory: training may change the originals."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: to_host(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_host(v) for v in value)
-    return value
+    return tree_map(lambda v: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v, value)
 
 
 def tensor_bytes(value: Any) -> int:
     """How many bytes the tensors in a nest of dicts, lists and tuples hold."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(tensor_bytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(v) for v in value)
-    return 0
+    return sum(t.numel() * t.element_size() for t in tree_leaves(value) if isinstance(t, torch.Tensor))
 
 
 def write_checkpoint(path: str, state: Any, keep_previous: str | None = None) -> None:

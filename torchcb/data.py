@@ -41,6 +41,7 @@ __all__ = [
     "concatenate",
     "make_source",
     "split_arrays",
+    "tree_leaves",
     "tree_map",
     "validation_source",
     "ValidationArrays",
@@ -97,11 +98,12 @@ def _split(struct: Any, index: Any, size: int) -> Any:
     return [type(struct)(parts) for parts in zip(*(_split(v, index, size) for v in struct))]
 
 
-def _leaves(struct: Any) -> list[Any]:
+def tree_leaves(struct: Any) -> list[Any]:
+    """Every array, tensor or other leaf in a nest of lists, tuples and dicts, in order (Nones left out)."""
     if isinstance(struct, dict):
-        return [leaf for v in struct.values() for leaf in _leaves(v)]
+        return [leaf for v in struct.values() for leaf in tree_leaves(v)]
     if isinstance(struct, (list, tuple)):
-        return [leaf for v in struct for leaf in _leaves(v)]
+        return [leaf for v in struct for leaf in tree_leaves(v)]
     return [] if struct is None else [struct]
 
 
@@ -172,7 +174,7 @@ def _to_arrays(x: Any, device: torch.device | str, argument: str) -> Any:
 
 def _length(struct: Any, argument: str) -> int:
     lengths = []
-    for leaf in _leaves(struct):
+    for leaf in tree_leaves(struct):
         if len(leaf.shape) == 0:
             raise ValueError(f"{argument} must have a first (batch) dimension, got a 0-d value.")
         lengths.append(int(leaf.shape[0]))
@@ -225,7 +227,7 @@ class ArraySource(Source):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.num_samples = _length(x, "x")
-        self.device = _leaves(x)[0].device
+        self.device = tree_leaves(x)[0].device
         # Under torchrun each rank takes every world-th sample of an order every rank draws
         # alike (from a shared seed, per epoch); padding, as DistributedSampler pads, gives
         # every rank the same number of steps.
@@ -271,7 +273,7 @@ class ArraySource(Source):
     def _chunk_samples(self, shuffled: bool) -> int:
         if not shuffled:
             return self.slice_chunk_batches * self.batch_size
-        leaves = _leaves(self.x) + _leaves(self.y)
+        leaves = tree_leaves(self.x) + tree_leaves(self.y)
         bytes_per_sample = sum(t[:1].numel() * t.element_size() for t in leaves) or 1
         batches = min(self.chunk_batches, max(1, self.chunk_bytes // (bytes_per_sample * self.batch_size)))
         return batches * self.batch_size
@@ -395,7 +397,7 @@ class IterableSource(Source):
         sample_weight = None if sample_weight is None else move(sample_weight).to(torch.get_default_dtype())
         if self.weights_fn is not None:
             sample_weight = self.weights_fn(y, sample_weight)
-        leaves = _leaves(x)
+        leaves = tree_leaves(x)
         size = int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else 1
         return _new_batch(Batch, (x, y, sample_weight, size))
 
@@ -658,7 +660,7 @@ class ValidationArrays(list):
         source, self._source = self._source, None
         if source is None:
             return
-        inputs, targets = _leaves(source.x), _leaves(source.y)
+        inputs, targets = tree_leaves(source.x), tree_leaves(source.y)
         weights = source.sample_weight
         if weights is None:
             weights = torch.ones(source.num_samples, dtype=torch.float32)

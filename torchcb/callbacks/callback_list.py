@@ -328,8 +328,7 @@ class CallbackList:
         if hooks:
             if logs is None:
                 logs = Logs(batch=step, size=size)
-            dict.update(logs, outputs)
-            logs._unread = True
+            logs.update_raw(outputs)
             try:
                 for hook in hooks:
                     hook(step, logs)
