@@ -264,7 +264,7 @@ def test_a_checkpoint_that_fails_in_the_background_stops_fit_with_its_error(tmp_
 
     checkpoint = ModelCheckpoint(str(tmp_path / "ckpt" / "{epoch}" / "w.pt"), save_weights_only=True)
     trainer = make_trainer()
-    trainer.write_at_once_below = 0  # every checkpoint through the background writer, however small
+    trainer.serialize_at_once_below = 0  # every checkpoint copied to the host and serialized by the writer
     with pytest.raises((NotADirectoryError, FileExistsError)):
         trainer.fit(*make_data(8), epochs=5, verbose=0, callbacks=[checkpoint, BlockEpochTwosDirectory()])
     assert len(errors) == 1 and isinstance(errors[0], (NotADirectoryError, FileExistsError))
@@ -278,7 +278,7 @@ def test_fit_returns_with_every_checkpoint_on_disk(tmp_path):
     from torchcb.callbacks import BackupAndRestore, ModelCheckpoint
 
     trainer = make_trainer()
-    trainer.write_at_once_below = 0  # every checkpoint through the background writer, however small
+    trainer.serialize_at_once_below = 0  # every checkpoint copied to the host and serialized by the writer
     callbacks = [
         ModelCheckpoint(str(tmp_path / "w{epoch}.pt"), save_freq=1),
         BackupAndRestore(tmp_path / "backup", save_freq=1, delete_checkpoint=False),
@@ -291,23 +291,21 @@ def test_fit_returns_with_every_checkpoint_on_disk(tmp_path):
     )
 
 
-def test_a_small_checkpoint_is_written_at_once(tmp_path):
-    import threading
-
+def test_a_small_checkpoint_holds_the_state_of_its_round_while_training_goes_on(tmp_path):
     from tests.conftest import make_data, make_trainer
     from torchcb.callbacks import Callback, ModelCheckpoint
 
-    seen = {}
+    weights = {}
 
-    class LookRightAfter(Callback):  # after ModelCheckpoint's round: is the file there, is a writer busy?
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                seen["file"] = (tmp_path / "w1.pt").exists()
-                seen["writer"] = any(t.name == "torchcb-checkpoint-writer" for t in threading.enumerate())
+    class Record(Callback):  # the weights each epoch ended with; training changes them right after
+        def on_epoch_end(self, epoch, logs=None):
+            weights[epoch + 1] = {k: v.clone() for k, v in self.model.module.state_dict().items()}
 
-    trainer = make_trainer()  # a few hundred bytes of weights: under write_at_once_below
-    trainer.fit(
-        *make_data(8), epochs=2, verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "w{epoch}.pt")), LookRightAfter()]
-    )
-    assert seen == {"file": True, "writer": False}
-    assert safe_load(tmp_path / "w2.pt")["epoch"] == 2
+    trainer = make_trainer()  # a few hundred bytes of weights: serialized at once, written by the writer
+    callbacks = [ModelCheckpoint(str(tmp_path / "w{epoch}.pt")), Record()]
+    trainer.fit(*make_data(8), epochs=3, verbose=0, callbacks=callbacks)
+    for epoch in (1, 2, 3):
+        saved = safe_load(tmp_path / f"w{epoch}.pt")
+        assert saved["epoch"] == epoch
+        assert all(torch.equal(saved["module"][k], v) for k, v in weights[epoch].items())
+    assert not torch.equal(weights[1]["0.weight"], weights[3]["0.weight"])

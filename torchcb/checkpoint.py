@@ -89,6 +89,7 @@ __all__ = [
     "load_module_state",
     "tensor_bytes",
     "to_host",
+    "serialized",
     "write_checkpoint",
     "safe_load",
     "rng_state",
@@ -217,13 +218,24 @@ def tensor_bytes(value: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tree_leaves(value) if isinstance(t, torch.Tensor))
 
 
+def serialized(state: Any) -> bytes:
+    """The bytes ``torch.save`` writes for ``state``: taken now, written to disk later."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def write_checkpoint(path: str, state: Any, keep_previous: str | None = None) -> None:
-    """``atomic_save`` ``state`` to ``path``; with ``keep_previous``, first copy the file it replaces there."""
+    """``atomic_save`` ``state`` (or write its :func:`serialized` bytes) to ``path``; with
+    ``keep_previous``, first copy the file it replaces there."""
     if keep_previous is not None and os.path.exists(path):
         with open(path, "rb") as f:
             previous = f.read()
         atomic_write(keep_previous, lambda out: out.write(previous))
-    atomic_save(state, path)
+    if isinstance(state, bytes):
+        atomic_write(path, lambda out: out.write(state))
+    else:
+        atomic_save(state, path)
 
 
 class BackgroundWriter:
@@ -289,11 +301,6 @@ class BackgroundWriter:
                 with self._condition:
                     if self.error is None:
                         self.error = error
-
-    def idle(self) -> bool:
-        """Whether nothing is queued or being written: a write made now cannot overtake one."""
-        with self._condition:
-            return self._thread is None and not self._queue
 
     def check(self) -> None:
         """Raise the error of a write that failed since the last check, if any."""
@@ -612,7 +619,7 @@ class Checkpointing:
     through the trainer's :class:`BackgroundWriter`; a loaded checkpoint is restored at once
     into the module and optimizer and applied to the next ``fit`` through
     :meth:`resume_point`. It reads the trainer's ``module``, ``optimizer``, ``device``,
-    ``distributed``, ``callback_list``, ``writer``, ``write_at_once_below`` and counters.
+    ``distributed``, ``callback_list``, ``writer``, ``serialize_at_once_below`` and counters.
     """
 
     module: torch.nn.Module
@@ -620,7 +627,7 @@ class Checkpointing:
     distributed: bool
     callback_list: CallbackList | None
     writer: BackgroundWriter
-    write_at_once_below: int
+    serialize_at_once_below: int
     epochs_completed: int
     _pending_resume: TrainingState | None
     _resume: TrainingState | None
@@ -643,10 +650,10 @@ class Checkpointing:
 
         Inside ``fit`` the state is taken when the current round of hooks has finished (so it
         holds every callback's state for that batch or epoch) and after the pending checks of
-        ``before_checkpoint`` (TerminateOnNaN's); it is copied to host memory and written by
-        a background thread while training goes on, and ``fit`` returns once it is on disk.
-        Outside ``fit``, and for a state under ``write_at_once_below`` bytes of tensors (1 MiB)
-        with no write queued before it, it is written at once.
+        ``before_checkpoint`` (TerminateOnNaN's); it is written by a background thread while
+        training goes on, and ``fit`` returns once it is on disk. A state under
+        ``serialize_at_once_below`` bytes of tensors (1 MiB) is serialized at once, a larger one
+        copied to host memory and serialized by that thread. Outside ``fit`` it is written at once.
 
         Args:
             path: the file.
@@ -679,14 +686,18 @@ class Checkpointing:
             state = capture()
             if not distributed.is_main_process():
                 return
-            # Outside fit, or a small state with nothing queued before it, is written at once: a
-            # thread would cost a small write more than it saves. Else a snapshot on the host is
-            # written while training goes on.
-            if callbacks is None or (tensor_bytes(state) < self.write_at_once_below and self.writer.idle()):
+            if callbacks is None:  # outside fit: written at once
                 write_checkpoint(path, state, keep_previous)
+                return
+            # Inside fit the file is written (and fsynced) by the writer thread while training
+            # goes on. A small state is serialized here, which costs less than a copy; a large
+            # one is copied to host memory and serialized there too.
+            if tensor_bytes(state) < self.serialize_at_once_below:
+                data = serialized(state)
             else:
-                write = functools.partial(write_checkpoint, path, to_host(state), keep_previous)
-                self.writer.submit(path, write, replaceable=keep_previous is None)
+                data = to_host(state)
+            write = functools.partial(write_checkpoint, path, data, keep_previous)
+            self.writer.submit(path, write, replaceable=keep_previous is None)
 
         self.defer(save)
 

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -237,11 +238,12 @@ class RunningMeans:
 class EpochTotals:
     """Size-weighted sums of per-batch values, kept on the device and read back once.
 
-    ``add(values, size)`` takes each value as it is then (a device tensor stays unread) and
-    appends it to its key's list; every ``fold_every`` batches the lists are folded, key by
-    key, into one running sum each, so memory stays bounded on long epochs. Keys in
-    ``last_value`` keep their latest value instead of an average (stateful metrics); keys in
-    ``skip`` are not summed.
+    ``add(values, size)`` keeps a copy of the batch's dict as it is then (device tensors
+    stay unread): one append a batch, nothing per key. Every ``fold_every`` batches the kept
+    rows are folded, key by key, into one running sum each (one stack and one product on
+    the device a key), so memory stays bounded on long epochs. Keys in ``last_value`` keep
+    their latest value instead of an average (stateful metrics); keys in ``skip`` are not
+    summed.
     """
 
     fold_every = 256
@@ -249,43 +251,51 @@ class EpochTotals:
     def __init__(self, last_value: frozenset[str] | set[str] = frozenset(), skip: tuple[str, ...] = ()) -> None:
         self.last_value = frozenset(last_value)
         self.skip = frozenset(skip)
-        self.seen = 0
-        self._batches = 0  # added since the last fold
-        self._pending: dict[str, tuple[list[Any], list[int]]] = {}  # key -> (values, sizes)
+        self._folded_seen = 0
+        self._rows: list[dict[str, Any]] = []  # the batches added since the last fold
+        self._sizes: list[int] = []
         self._sums: dict[str, Any] = {}
         self._weights: dict[str, int] = {}
         self._last: dict[str, Any] = {}
 
+    @property
+    def seen(self) -> int:
+        """How many samples were added."""
+        return self._folded_seen + sum(self._sizes)
+
     def add(self, values: Mapping[str, Any], size: int) -> None:
         """Add one batch's values, each weighted by ``size`` samples (nothing is read back)."""
-        self.seen += size
-        for key, value in dict.items(values):  # dict.items: never read Logs back here
-            if key in self.skip:
-                continue
-            if key in self.last_value:
-                self._last[key] = value
-                continue
-            pending = self._pending.get(key)
-            if pending is None:
-                pending = self._pending[key] = ([], [])
-            pending[0].append(value)
-            pending[1].append(size)
-        self._batches += 1
-        if self._batches >= self.fold_every:
+        # a copy of the values stored now (dict.items: a Logs is not read back)
+        self._rows.append(values.copy() if values.__class__ is dict else dict(dict.items(values)))
+        self._sizes.append(size)
+        if len(self._sizes) >= self.fold_every:
             self._fold()
 
     def _fold(self) -> None:
-        pending, self._pending, self._batches = self._pending, {}, 0
-        for key, (values, sizes) in pending.items():
+        rows, sizes = self._rows, self._sizes
+        if not rows:
+            return
+        self._rows, self._sizes = [], []
+        self._folded_seen += sum(sizes)
+        for key in dict.fromkeys(itertools.chain.from_iterable(rows)):  # every key, in first-seen order
+            if key in self.skip:
+                continue
+            if key in self.last_value:
+                self._last[key] = next(row[key] for row in reversed(rows) if key in row)
+                continue
+            if all(key in row for row in rows):  # the usual case: every batch logs every key
+                values, weights = [row[key] for row in rows], sizes
+            else:
+                values = [row[key] for row in rows if key in row]
+                weights = [size for row, size in zip(rows, sizes) if key in row]
             if all(isinstance(v, torch.Tensor) for v in values):
                 stacked = stack_scalars(values).to(torch.float64)
-                weights = torch.tensor(sizes, dtype=torch.float64, device=stacked.device)
-                partial: Any = (stacked * weights).sum()
+                partial: Any = (stacked * torch.tensor(weights, dtype=torch.float64, device=stacked.device)).sum()
             else:
-                partial = sum(float(v) * s for v, s in zip(values, sizes))
+                partial = sum(float(v) * s for v, s in zip(values, weights))
             previous = self._sums.get(key)
             self._sums[key] = partial if previous is None else previous + partial
-            self._weights[key] = self._weights.get(key, 0) + sum(sizes)
+            self._weights[key] = self._weights.get(key, 0) + sum(weights)
 
     def state(self, all_ranks: bool = False) -> dict[str, Any]:
         """The sums so far as plain numbers (one read), for a checkpoint.
@@ -295,7 +305,7 @@ class EpochTotals:
         self._fold()
         keys = sorted(self._sums)
         values: list[Any] = [self._sums[k] for k in keys]
-        seen, weights = self.seen, [self._weights[k] for k in keys]
+        seen, weights = self._folded_seen, [self._weights[k] for k in keys]
         if all_ranks and distributed.get_world_size() > 1:
             summed = read_floats(list(distributed.all_reduce_sum([*values, *weights, seen])))
             values, weights, seen = summed[: len(keys)], summed[len(keys) : -1], summed[-1]
@@ -305,8 +315,8 @@ class EpochTotals:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back the sums that :meth:`state` gave."""
-        self.seen = int(state["seen"])
-        self._pending, self._batches = {}, 0
+        self._folded_seen = int(state["seen"])
+        self._rows, self._sizes = [], []
         self._sums = {k: float(v) for k, v in state["sums"].items()}
         self._weights = {k: int(v) for k, v in state["weights"].items()}
         self._last = {k: float(v) for k, v in state["last"].items()}

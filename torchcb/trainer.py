@@ -140,7 +140,7 @@ class Trainer(Steps, Checkpointing):
         self._pending_resume: TrainingState | None = None  # a loaded checkpoint the next fit resumes from
         self._resume: TrainingState | None = None  # the one this fit resumes from
         self.writer = BackgroundWriter()  # checkpoints saved during fit are written off the training path
-        self.write_at_once_below = 2**20  # bytes of tensors under which a checkpoint is written at once
+        self.serialize_at_once_below = 2**20  # bytes of tensors under which a checkpoint is serialized at once
         self.model = KerasModel(self)
 
     # ----------------------------------------------------------------- fit

@@ -157,3 +157,77 @@ def test_nan_weights_never_replace_a_good_checkpoint(tmp_path, capsys, raise_err
     for name, weights in files.items():  # the state after step 6, the last good one
         assert all(torch.equal(weights[k], v) for k, v in good.items()), name
     assert not (tmp_path / "epoch.pt").exists()
+
+
+class GroupsSeen(TerminateOnNaN):
+    """TerminateOnNaN that records how fit hands it the batches (it keeps the batch hooks it inherits)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.groups, self.single = [], 0
+
+    def on_train_batch_group_end(self, first_batch, outputs):
+        self.groups.append((first_batch, [float(values["loss"]) for values in outputs]))
+        super().on_train_batch_group_end(first_batch, outputs)
+
+
+class BatchByBatch(GroupsSeen):
+    """A subclass that overrides the Keras batch hook: it must be called batch by batch."""
+
+    def on_batch_end(self, batch, logs=None):
+        self.single += 1
+        super().on_batch_end(batch, logs)
+
+
+def _losses_of_each_batch(trainer, x):
+    losses = []
+
+    class Losses(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            losses.append(logs["loss"])
+
+    return losses, Losses()
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_fit_hands_it_the_step_losses_in_groups_of_check_every(verbose, capsys):
+    net = torch.nn.Linear(1, 1)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.01), loss="mse", device="cpu")
+    x = np.linspace(0, 1, 40, dtype=np.float32).reshape(-1, 1)
+    seen = GroupsSeen(check_every=4)
+    losses, recorder = _losses_of_each_batch(trainer, x)
+    trainer.fit(x, x, batch_size=2, epochs=2, verbose=verbose, shuffle=False, callbacks=[seen, recorder])
+    # 20 batches an epoch: groups of 4 from batches 0, 4, ..., 16, then the next epoch's
+    assert [first for first, _ in seen.groups] == [0, 4, 8, 12, 16] * 2
+    assert [loss for _, group in seen.groups for loss in group] == pytest.approx(losses, rel=1e-6)
+    assert seen.single == 0
+
+
+def test_an_epoch_end_and_a_checkpoint_take_the_batches_of_a_partial_group(tmp_path):
+    from torchcb.callbacks import ModelCheckpoint
+
+    net = torch.nn.Linear(1, 1)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.01), loss="mse", device="cpu")
+    x = np.ones((20, 1), dtype=np.float32)
+    seen = GroupsSeen(check_every=4)
+    checkpoint = ModelCheckpoint(tmp_path / "w.pt", save_freq=3)  # a write after batches 2 and 5 (and 8)
+    trainer.fit(x, x, batch_size=2, epochs=1, verbose=0, callbacks=[seen, checkpoint])
+    assert [(first, len(group)) for first, group in seen.groups] == [(0, 3), (3, 3), (6, 3), (9, 1)]
+
+
+def test_a_subclass_that_overrides_the_batch_hook_and_a_callback_that_changes_the_logs_before_it_get_batches():
+    net = torch.nn.Linear(1, 1)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.01), loss="mse", device="cpu")
+    x = np.ones((8, 1), dtype=np.float32)
+    overridden = BatchByBatch(check_every=4)
+    trainer.fit(x, x, batch_size=2, epochs=1, verbose=0, callbacks=[overridden])
+    assert overridden.single == 4 and overridden.groups == []
+
+    class ChangesLogs(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            logs["loss"] = 0.0
+
+    after_a_change = GroupsSeen(check_every=4)
+    before_it = GroupsSeen(check_every=4)
+    trainer.fit(x, x, batch_size=2, epochs=1, verbose=0, callbacks=[before_it, ChangesLogs(), after_a_change])
+    assert len(before_it.groups) == 1 and after_a_change.groups == []

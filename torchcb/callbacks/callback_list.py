@@ -45,6 +45,38 @@ def _overrides(callback: Any, hook: str) -> bool:
     return method is not None and method is not getattr(Callback, hook)
 
 
+def _implements(callback: Any, hook: str) -> bool:
+    """Whether ``callback`` takes part in ``hook``: it overrides it (or its alias), or its Keras adapter says so."""
+    if not hasattr(callback, hook):
+        return False
+    if isinstance(callback, KerasCallback):
+        return callback.implements(hook)
+    alias = _ALIASES.get(hook)
+    return _overrides(callback, hook) or (alias is not None and _overrides(callback, alias))
+
+
+def _defining_class(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _takes_batch_groups(callback: Any) -> bool:
+    """Whether ``fit`` hands ``callback`` its training batches in groups (``on_train_batch_group_end``).
+
+    Only where its batch hooks are not overridden below the class that wrote the group hook:
+    a subclass or an instance that overrides ``on_train_batch_end`` or ``on_batch_end`` is
+    called batch by batch.
+    """
+    cls = type(callback)
+    owner = _defining_class(cls, "on_train_batch_group_end")
+    if owner is None or isinstance(callback, KerasCallback):
+        return False
+    instance_hooks = getattr(callback, "__dict__", {})
+    return all(
+        hook not in instance_hooks and _defining_class(cls, hook) in owner.__mro__
+        for hook in ("on_train_batch_end", "on_batch_end")
+    )
+
+
 def check_callback(callback: Any, where: str) -> None:
     """Raise ``ValueError`` unless ``callback`` is a callback instance."""
     if isinstance(callback, type):
@@ -100,6 +132,10 @@ class CallbackList:
         self._sums: BaseLogger | None = None  # fit's BaseLogger, fed each step's outputs directly
         self._batch_begin: list[Any] = []
         self._batch_end: list[Any] = []
+        self._group_hooks: list[Any] = []  # on_train_batch_group_end of the callbacks fit hands groups
+        self._group_size = 1
+        self._group: list[dict[str, Any]] = []  # the outputs of the batches gathered for them
+        self._group_first = 0  # the index of the first of those batches
         self.writer: Any = None  # the trainer's BackgroundWriter, whose failures surface at the next hook
         for callback in callbacks or []:
             self.append(callback)
@@ -179,17 +215,7 @@ class CallbackList:
         """
         methods = self._dispatch.get(hook)
         if methods is None:
-            alias = _ALIASES.get(hook)
-            methods = [
-                getattr(cb, hook)
-                for cb in self.callbacks
-                if hasattr(cb, hook)
-                and (
-                    cb.implements(hook)
-                    if isinstance(cb, KerasCallback)
-                    else _overrides(cb, hook) or (alias is not None and _overrides(cb, alias))
-                )
-            ]
+            methods = [getattr(cb, hook) for cb in self.callbacks if _implements(cb, hook)]
             self._dispatch[hook] = methods
         return methods
 
@@ -237,6 +263,7 @@ class CallbackList:
         self.begin_train_batches()  # a batch hook set by now (in on_train_begin or here) takes part
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.end_batch_group()  # no batch of the epoch is left unseen
         self._call_batch("on_epoch_end", epoch, logs)
 
     def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
@@ -296,13 +323,31 @@ class CallbackList:
 
         Hooks set on an instance since the last look take part from then on. ``fit``'s own
         BaseLogger takes each step's outputs directly (:meth:`train_batch_end`), so Keras'
-        batch logs are built only when some other callback looks at single batches.
+        batch logs are built only when some other callback looks at single batches. A
+        callback with torchcb's ``on_train_batch_group_end(first_batch, outputs)`` hook (and
+        ``batch_group_size``), such as TerminateOnNaN, is handed the step outputs of
+        ``batch_group_size`` batches at a time instead, and the rest at an epoch's end and
+        before every checkpoint (:meth:`end_batch_group`).
         """
         self._look_again("on_train_batch_begin", "on_train_batch_end")
         self._batch_begin = self.methods("on_train_batch_begin")
         self._sums = next((c for c in self.callbacks if type(c) is BaseLogger), None)  # not a subclass
+        # A callback is handed groups only if no callback before it could have changed the batch
+        # logs it would read (Keras' own BaseLogger and ProgbarLogger do not change them).
+        grouped, logs_touched = [], False
+        for callback in self.callbacks:
+            if _takes_batch_groups(callback) and not logs_touched:
+                grouped.append(callback)
+            elif type(callback) not in (BaseLogger, ProgbarLogger) and (
+                _implements(callback, "on_train_batch_begin") or _implements(callback, "on_train_batch_end")
+            ):
+                logs_touched = True
+        self._group_hooks = [c.on_train_batch_group_end for c in grouped]
+        self._group_size = min((c.batch_group_size for c in grouped), default=1)
         self._batch_end = [
-            m for m in self.methods("on_train_batch_end") if getattr(m, "__self__", None) is not self._sums
+            m
+            for m in self.methods("on_train_batch_end")
+            if getattr(m, "__self__", None) is not self._sums and getattr(m, "__self__", None) not in grouped
         ]
 
     def train_batch_begin(self, step: int, size: int) -> Logs | None:
@@ -324,22 +369,36 @@ class CallbackList:
         """
         if self._sums is not None:
             self._sums.add(outputs, size)  # first, as BaseLogger is in Keras' order
-        hooks = self._batch_end
-        if hooks:
-            if logs is None:
-                logs = Logs(batch=step, size=size)
-            logs.update_raw(outputs)
-            try:
-                for hook in hooks:
+        try:
+            if self._batch_end:
+                if logs is None:
+                    logs = Logs(batch=step, size=size)
+                logs.update_raw(outputs)
+                for hook in self._batch_end:
                     hook(step, logs)
-            except BaseException:
-                self._deferred.clear()  # as in _round
-                raise
+            if self._group_hooks:
+                if not self._group:
+                    self._group_first = step
+                self._group.append(outputs)
+                if len(self._group) >= self._group_size:
+                    self.end_batch_group()
+        except BaseException:
+            self._deferred.clear()  # as in _round
+            raise
         if self._deferred or (self.writer is not None and self.writer.error is not None):
             self._end_round()
 
+    def end_batch_group(self) -> None:
+        """Hand the training batches gathered since the last group to the grouped hooks."""
+        if not self._group:
+            return
+        group, self._group = self._group, []
+        for hook in self._group_hooks:
+            hook(self._group_first, group)
+
     def checkpoint_allowed(self) -> bool:
         """Whether a write may happen now: every ``before_checkpoint`` hook runs, and all must agree."""
+        self.end_batch_group()  # every batch so far is seen (TerminateOnNaN's check) before a write
         return all([method() for method in self.methods("before_checkpoint")])
 
     # ----------------------------------------------------------------- checkpoint states

@@ -22,14 +22,14 @@ class TerminateOnNaN(Callback):
     stops after it.
 
     The losses stay on the device and are read back ``check_every`` batches at a time, in
-    one transfer, so a GPU is not synchronised every batch. The
-    price is a lag: training may go on for up to ``check_every - 1`` batches after the bad
-    one before it stops, but a bad loss is never missed: the pending batches are always
-    checked at the end of the epoch, and before any checkpoint, weights file or backup is
-    written during ``fit``: once the loss went NaN, those writes are skipped, so NaN weights
-    never replace the last good file. Where something else already read the loss back (a
-    callback reading ``logs["loss"]``, or logs that are plain floats), the check is at once,
-    as in Keras.
+    one transfer, so a GPU is not synchronised every batch (``fit`` hands them over in
+    groups of that size, through torchcb's ``on_train_batch_group_end`` hook, so no batch
+    logs are built for it). The price is a lag: training may go on for up to
+    ``check_every - 1`` batches after the bad one before it stops, but a bad loss is never
+    missed: the pending batches are always checked at the end of the epoch, and before any
+    checkpoint, weights file or backup is written during ``fit``: once the loss went NaN,
+    those writes are skipped, so NaN weights never replace the last good file. Called batch
+    by batch with logs that are plain floats (as Keras calls it), it checks at once.
 
     Args:
         raise_error: raise ``RuntimeError`` instead of stopping (Keras 3), so no further
@@ -60,8 +60,21 @@ class TerminateOnNaN(Callback):
         self._check_pending()
         return not self.went_bad
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss: Any = dict.get(logs, "loss") if logs else None  # dict.get: the stored value, not read back
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:  # Keras' name, as on_train_batch_end calls it
+        self._add(batch, dict.get(logs, "loss") if logs else None)  # dict.get: the stored value, not read back
+
+    @property
+    def batch_group_size(self) -> int:
+        """How many batches ``fit`` hands :meth:`on_train_batch_group_end` at a time: ``check_every``."""
+        return self.check_every
+
+    def on_train_batch_group_end(self, first_batch: int, outputs: list[dict[str, Any]]) -> None:
+        """``fit``'s call: the step outputs of consecutive batches from ``first_batch`` on, checked together."""
+        for offset, values in enumerate(outputs):
+            self._add(first_batch + offset, values.get("loss"))
+        self._check_pending()
+
+    def _add(self, batch: int, loss: Any) -> None:
         if loss.__class__ is torch.Tensor:
             pending = self._pending
             if not pending:
@@ -72,8 +85,6 @@ class TerminateOnNaN(Callback):
         elif loss is not None:
             self._check_pending()
             self._check(batch, float(loss))
-
-    on_batch_end = on_train_batch_end  # the Keras 2 name
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._check_pending()  # no bad loss outlives its epoch
