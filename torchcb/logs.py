@@ -283,11 +283,8 @@ class EpochTotals:
             if key in self.last_value:
                 self._last[key] = next(row[key] for row in reversed(rows) if key in row)
                 continue
-            if all(key in row for row in rows):  # the usual case: every batch logs every key
-                values, weights = [row[key] for row in rows], sizes
-            else:
-                values = [row[key] for row in rows if key in row]
-                weights = [size for row, size in zip(rows, sizes) if key in row]
+            values = [row[key] for row in rows if key in row]
+            weights = [size for row, size in zip(rows, sizes) if key in row]
             if all(isinstance(v, torch.Tensor) for v in values):
                 stacked = stack_scalars(values).to(torch.float64)
                 partial: Any = (stacked * torch.tensor(weights, dtype=torch.float64, device=stacked.device)).sum()
