@@ -235,6 +235,33 @@ def test_the_background_writer_lets_the_caller_go_on_and_keeps_only_the_newest_q
     assert written == [1, 2, 3]
 
 
+def test_the_background_writer_keeps_one_thread_for_its_writes_until_wait(tmp_path):
+    import threading
+
+    from torchcb.checkpoint import BackgroundWriter
+
+    writers, done = [], threading.Event()
+
+    def write(version):
+        def run():
+            atomic_save({"v": torch.tensor(version)}, str(tmp_path / f"{version}.pt"))
+            writers.append(threading.current_thread())
+            done.set()
+
+        return run
+
+    writer = BackgroundWriter()
+    writer.submit(str(tmp_path / "1.pt"), write(1))
+    assert done.wait(30)
+    done.clear()
+    writer.submit(str(tmp_path / "2.pt"), write(2))  # after the first write ended: the same thread takes it
+    assert done.wait(30)
+    assert len(writers) == 2 and writers[0] is writers[1] and writers[0].is_alive()
+    writer.wait()
+    assert not writers[0].is_alive()
+    assert [safe_load(tmp_path / f"{v}.pt")["v"].item() for v in (1, 2)] == [1, 2]
+
+
 def test_a_failed_background_write_is_raised_once_in_the_caller(tmp_path):
     from torchcb.checkpoint import BackgroundWriter
 

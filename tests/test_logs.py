@@ -70,6 +70,22 @@ def test_epoch_totals_weight_by_size_fold_and_keep_stateful_last_values():
     assert "size" not in result
 
 
+def test_epoch_totals_average_a_key_over_the_batches_that_log_it_and_reset_for_the_next_epoch():
+    totals = EpochTotals()
+    totals.fold_every = 2
+    totals.add({"loss": torch.tensor(1.0)}, 4)
+    totals.add({"loss": torch.tensor(2.0), "extra": torch.tensor(10.0)}, 2)
+    totals.add({"loss": torch.tensor(3.0), "extra": 20.0}, 1)  # a plain number among tensors
+    assert totals.seen == 7
+    result = totals.result()
+    assert result["loss"] == pytest.approx((4 + 4 + 3) / 7)
+    assert result["extra"] == pytest.approx((20 + 20) / 3)  # only the two batches that logged it
+    totals.reset()
+    assert totals.seen == 0 and totals.result() == {}
+    totals.add({"loss": torch.tensor(5.0)}, 1)
+    assert totals.result() == {"loss": 5.0}
+
+
 class ReadsEveryBatch(Callback):
     def on_batch_end(self, batch, logs=None):
         logs["loss"]

@@ -62,6 +62,20 @@ def test_keras_loss_names_map_to_torch_losses_on_logits(name, torch_loss, target
     assert float(loss.per_sample(logits, target).mean()) == pytest.approx(float(loss(logits, target)), rel=1e-6)
 
 
+def test_a_sparse_loss_over_one_tensor_of_integer_labels_is_cross_entropy_itself():
+    loss = resolve_loss("sparse_categorical_crossentropy")
+    logits = torch.randn(6, 3)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2])
+    assert loss.for_targets(labels) is torch.nn.functional.cross_entropy  # nothing to convert: no check a batch
+    # labels that need converting, (N, 1) or int32, keep the function that converts them
+    for other in (labels[:, None], labels.int(), labels.numpy()):
+        assert loss.for_targets(other) is loss.fn
+        assert float(loss.for_targets(other)(logits, torch.as_tensor(other))) == pytest.approx(
+            float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-6
+        )
+    assert resolve_loss("mse").for_targets(torch.zeros(6, 3)) is resolve_loss("mse").fn
+
+
 def test_torch_loss_modules_and_callables():
     module = resolve_loss(torch.nn.CrossEntropyLoss())
     logits, labels = torch.randn(5, 3), torch.randint(0, 3, (5,))

@@ -248,7 +248,8 @@ class BackgroundWriter:
     the write before them); and ``submit`` waits while ``max_queued`` writes wait, so few
     snapshots are held in memory. ``wait()`` returns once every submitted write is on disk.
     A write that fails is reported by the next ``submit``, ``check`` or ``wait``. The thread
-    exists only while there is work.
+    starts with the first write and waits, idle, for the next one until ``wait()`` (``fit``
+    ends with it): starting a thread for each checkpoint would cost more than writing it.
 
     Example:
         >>> import os, tempfile, torch
@@ -266,6 +267,7 @@ class BackgroundWriter:
         self._condition = threading.Condition()
         self._queue: list[tuple[str, Callable[[], None], bool]] = []  # (target, write, replaceable), in order
         self._thread: threading.Thread | None = None
+        self._closing = False  # wait() asks the thread to leave once the queue is empty
 
     def submit(self, target: str, write: Callable[[], None], replaceable: bool = True) -> None:
         self.check()
@@ -289,6 +291,8 @@ class BackgroundWriter:
     def _run(self) -> None:
         while True:
             with self._condition:
+                while not self._queue and not self._closing:
+                    self._condition.wait()
                 if not self._queue:
                     self._thread = None
                     self._condition.notify_all()
@@ -313,9 +317,11 @@ class BackgroundWriter:
     def wait(self) -> None:
         """Return once every submitted write is on disk; raise the error of one that failed."""
         with self._condition:
-            thread = self._thread
+            thread, self._closing = self._thread, True
+            self._condition.notify_all()
             while self._thread is not None:  # it leaves once the queue is empty
                 self._condition.wait()
+            self._closing = False
         if thread is not None:
             thread.join()
         self.check()

@@ -279,6 +279,11 @@ class ArraySource(Source):
         return batches * self.batch_size
 
     def _batches(self, order: torch.Tensor | None, starts: range) -> Iterator[Batch]:
+        # the batches are built and handed out in C: nothing in Python runs per batch
+        return itertools.chain.from_iterable(self._chunks(order, starts))
+
+    def _chunks(self, order: torch.Tensor | None, starts: range) -> Iterator[Iterator[Batch]]:
+        """The batches of each chunk, one iterator a chunk, each chunk cut when it is reached."""
         size, n = self.batch_size, self.num_samples if order is None else order.numel()
         step = self._chunk_samples(shuffled=order is not None)
         for chunk_start in range(starts.start, n, step):
@@ -289,8 +294,7 @@ class ArraySource(Source):
             ws = _split(self.sample_weight, index, size)
             full, rest = divmod(chunk_stop - chunk_start, size)
             sizes = itertools.chain(itertools.repeat(size, full), (rest,) if rest else ())
-            # the batches are built in C: nothing in Python runs per batch here
-            yield from map(_new_batch, itertools.repeat(Batch), zip(xs, ys, ws, sizes))
+            yield map(_new_batch, itertools.repeat(Batch), zip(xs, ys, ws, sizes))
 
     def _forever(self) -> Iterator[Batch]:
         while True:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -251,6 +252,10 @@ class EpochTotals:
     def __init__(self, last_value: frozenset[str] | set[str] = frozenset(), skip: tuple[str, ...] = ()) -> None:
         self.last_value = frozenset(last_value)
         self.skip = frozenset(skip)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch added: the start of a new epoch."""
         self._folded_seen = 0
         self._rows: list[dict[str, Any]] = []  # the batches added since the last fold
         self._sizes: list[int] = []
@@ -283,9 +288,11 @@ class EpochTotals:
             if key in self.last_value:
                 self._last[key] = next(row[key] for row in reversed(rows) if key in row)
                 continue
-            values = [row[key] for row in rows if key in row]
-            weights = [size for row, size in zip(rows, sizes) if key in row]
-            if all(isinstance(v, torch.Tensor) for v in values):
+            # the rows that hold the key, picked in C (no Python runs per row)
+            holds = list(map(operator.contains, rows, itertools.repeat(key)))
+            values = list(map(operator.itemgetter(key), itertools.compress(rows, holds)))
+            weights = list(itertools.compress(sizes, holds))
+            if all(map(isinstance, values, itertools.repeat(torch.Tensor))):
                 stacked = stack_scalars(values).to(torch.float64)
                 partial: Any = (stacked * torch.tensor(weights, dtype=torch.float64, device=stacked.device)).sum()
             else:

@@ -130,6 +130,14 @@ class Loss:
     def __call__(self, y_pred: Any, y_true: Any) -> torch.Tensor:
         return self.fn(y_pred, y_true)
 
+    def for_targets(self, y_true: Any) -> Callable[..., torch.Tensor]:
+        """The batch-mean function for batches cut from the one tensor ``y_true``: for integer
+        class labels that need no conversion, ``F.cross_entropy`` itself, with no check a batch."""
+        sparse = self.fn is _MEAN_LOSSES["sparse_categorical_crossentropy"]
+        if sparse and isinstance(y_true, torch.Tensor) and y_true.dtype == torch.long and y_true.dim() == 1:
+            return F.cross_entropy
+        return self.fn
+
     def per_sample(self, y_pred: Any, y_true: Any) -> torch.Tensor:
         """One loss value per sample, shape ``(batch,)``."""
         if self._per_sample is None:

@@ -80,6 +80,7 @@ class Steps:
         self.module = module.to(device)
         self.optimizer = optimizer
         self.loss = resolve_loss(loss)
+        self._train_loss = self.loss.fn  # the batch loss of train_step; fit picks the one for its targets
         if isinstance(loss, torch.nn.Module):
             loss.to(device)
         self.metric_objects = resolve_metrics(metrics, self.loss)
@@ -244,7 +245,7 @@ class Steps:
             # The default configuration, in direct calls: a small model's step is short, and
             # every Python call around it shows in the throughput (see benchmarks/).
             y_pred = self._train_call(x) if type(x) is torch.Tensor else self.forward(x, training=True)
-            loss = self.loss.fn(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
+            loss = self._train_loss(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -204,6 +204,7 @@ class Trainer(Steps, Checkpointing):
         self.callback_list = callbacks
         model.stop_training = False
         self.restore_pending_gradients(None)  # no gradient of an interrupted fit leaks into this one
+        self._train_loss = self.loss.for_targets(train.y) if isinstance(train, ArraySource) else self.loss.fn
         ranks = self.distributed  # under torchrun, ranks agree on stopping every stop_check_every batches
         epoch_logs: dict[str, Any] = {}
         try:
@@ -254,6 +255,7 @@ class Trainer(Steps, Checkpointing):
         finally:
             self.callback_list = None
             self.current_batch = None
+            self._train_loss = self.loss.fn
         return history
 
     def _fit_sources(

@@ -231,3 +231,18 @@ def test_a_subclass_that_overrides_the_batch_hook_and_a_callback_that_changes_th
     before_it = GroupsSeen(check_every=4)
     trainer.fit(x, x, batch_size=2, epochs=1, verbose=0, callbacks=[before_it, ChangesLogs(), after_a_change])
     assert len(before_it.groups) == 1 and after_a_change.groups == []
+
+
+def test_a_step_that_returns_plain_numbers_is_checked_in_groups_too(capsys):
+    class PlainLosses(Trainer):
+        def train_step(self, batch):
+            outputs = super().train_step(batch)
+            return {"loss": float("nan") if self.optimizer_steps == 5 else float(outputs["loss"])}
+
+    net = torch.nn.Linear(1, 1)
+    trainer = PlainLosses(net, torch.optim.SGD(net.parameters(), lr=0.01), loss="mse", device="cpu")
+    x = np.ones((40, 1), dtype=np.float32)
+    rec = Recorder()
+    trainer.fit(x, x, batch_size=2, epochs=3, verbose=0, callbacks=[TerminateOnNaN(check_every=4), rec])
+    assert "Batch 5: Invalid loss, terminating training" in capsys.readouterr().out
+    assert rec.count("on_train_batch_end") == 8  # the group of batches 4 to 7 was checked after batch 7

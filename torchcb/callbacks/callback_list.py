@@ -129,7 +129,8 @@ class CallbackList:
         self.history: Any = None
         self._dispatch: dict[str, list[Any]] = {}  # hook name -> the bound methods that override it
         self._deferred: list[Callable[[], None]] = []
-        self._sums: BaseLogger | None = None  # fit's BaseLogger, fed each step's outputs directly
+        self._sums: BaseLogger | None = None  # fit's BaseLogger, its totals fed each step's outputs directly
+        self._add_to_sums: Any = None  # their add
         self._batch_begin: list[Any] = []
         self._batch_end: list[Any] = []
         self._group_hooks: list[Any] = []  # on_train_batch_group_end of the callbacks fit hands groups
@@ -332,6 +333,7 @@ class CallbackList:
         self._look_again("on_train_batch_begin", "on_train_batch_end")
         self._batch_begin = self.methods("on_train_batch_begin")
         self._sums = next((c for c in self.callbacks if type(c) is BaseLogger), None)  # not a subclass
+        self._add_to_sums = None if self._sums is None else self._sums.totals.add
         # A callback is handed groups only if no callback before it could have changed the batch
         # logs it would read (Keras' own BaseLogger and ProgbarLogger do not change them).
         grouped, logs_touched = [], False
@@ -367,8 +369,8 @@ class CallbackList:
 
         It runs every batch, so its round is written out here rather than through :meth:`_round`.
         """
-        if self._sums is not None:
-            self._sums.add(outputs, size)  # first, as BaseLogger is in Keras' order
+        if self._add_to_sums is not None:
+            self._add_to_sums(outputs, size)  # first, as BaseLogger is in Keras' order
         try:
             if self._batch_end:
                 if logs is None:

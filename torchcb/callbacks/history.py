@@ -39,42 +39,32 @@ class BaseLogger(Callback):
     def __init__(self, stateful_metrics: Any = None) -> None:
         super().__init__()
         self.stateful_metrics = set(stateful_metrics or [])
-        self._totals = self._new_totals()
-
-    def _new_totals(self) -> EpochTotals:
-        return EpochTotals(self.stateful_metrics, skip=("batch", "size"))
+        # The epoch's sums. fit adds each step's outputs to them directly (totals.add), so no
+        # batch logs are built when no other callback looks at single batches.
+        self.totals = EpochTotals(self.stateful_metrics, skip=("batch", "size"))
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._totals = self._new_totals()
-
-    def add(self, values: dict[str, Any], size: int) -> None:
-        """Add one batch's values (device tensors stay unread), weighted by its ``size``.
-
-        ``fit`` calls it with each step's outputs when no other callback looks at single
-        batches, so no batch logs are built at all.
-        """
-        self._totals.add(values, size)
+        self.totals.reset()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if logs:  # the values stay on the device, summed once the epoch ends
-            self._totals.add(logs, dict.get(logs, "size", 0))
+            self.totals.add(logs, dict.get(logs, "size", 0))
 
     on_batch_end = on_train_batch_end  # the Keras 2 name
 
     def get_state(self, all_ranks: bool = False) -> dict[str, Any]:
         """The sums of the epoch so far, for a resume mid-epoch (of all ranks, with ``all_ranks``)."""
-        return self._totals.state(all_ranks)
+        return self.totals.state(all_ranks)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._totals = self._new_totals()
         if not is_main_process():  # under torchrun rank 0 carries the saved sums; the reduction adds the rest
             state = {**state, "seen": 0, "sums": {}, "weights": {}}
-        self._totals.restore(state)
+        self.totals.restore(state)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is None or self._totals.seen == 0:
+        if logs is None or self.totals.seen == 0:
             return
-        for key, value in self._totals.result().items():
+        for key, value in self.totals.result().items():
             logs[key] = value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -70,8 +71,13 @@ class TerminateOnNaN(Callback):
 
     def on_train_batch_group_end(self, first_batch: int, outputs: list[dict[str, Any]]) -> None:
         """``fit``'s call: the step outputs of consecutive batches from ``first_batch`` on, checked together."""
-        for offset, values in enumerate(outputs):
-            self._add(first_batch + offset, values.get("loss"))
+        losses = [values.get("loss") for values in outputs]
+        if all(map(isinstance, losses, itertools.repeat(torch.Tensor))):  # the usual case: one read for all
+            self._check_pending()  # batches handed over one by one before, if any, come first
+            self._pending, self._first_pending = losses, first_batch
+        else:
+            for offset, loss in enumerate(losses):
+                self._add(first_batch + offset, loss)
         self._check_pending()
 
     def _add(self, batch: int, loss: Any) -> None:
@@ -93,7 +99,10 @@ class TerminateOnNaN(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        for offset, loss in enumerate(read_floats(pending)):  # the group's losses in one read
+        losses = read_floats(pending)  # the group's losses in one read
+        if all(map(math.isfinite, losses)):
+            return
+        for offset, loss in enumerate(losses):
             if not math.isfinite(loss):
                 self._check(self._first_pending + offset, loss)
                 return
