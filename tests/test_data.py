@@ -215,3 +215,25 @@ def test_unshuffled_batches_are_views_of_the_tensors_themselves():
     assert all(storage == x.untyped_storage().data_ptr() for _, storage, _, _ in seen)
     assert [first_row for _, _, first_row, _ in seen] == [0, 4, 8] * 4
     assert [y_ptr for kind, *_, y_ptr in seen if kind == "train"] == [y.data_ptr() + 8 * row for row in (0, 4, 8)]
+
+
+def test_an_unshuffled_pass_of_one_chunk_cuts_its_batches_once_and_sees_later_writes():
+    from torchcb.data import ArraySource
+
+    x, y = torch.arange(20.0).reshape(10, 2), torch.arange(10)
+    source = ArraySource(x, y, None, batch_size=4, shuffle=False)
+    first, second = list(source.epoch()), list(source.epoch())
+    assert [b.size for b in second] == [4, 4, 2]
+    assert all(a.x is b.x and a.y is b.y for a, b in zip(first, second))  # the same views, not cut again
+    x[8] = -1.0  # the views are of the tensors themselves: a change in place shows in the next epoch
+    assert torch.equal(list(source.epoch())[2].x, torch.tensor([[-1.0, -1.0], [18.0, 19.0]]))
+    resumed = list(source.epoch(skip=1))  # a resumed epoch starts mid-pass: its batches are cut for it
+    assert [b.y.tolist() for b in resumed] == [[4, 5, 6, 7], [8, 9]]
+
+    # shuffled, or a pass of several chunks: each epoch cuts its own
+    shuffled = ArraySource(x, y, None, batch_size=4, shuffle=True)
+    assert list(shuffled.epoch())[0].x is not list(shuffled.epoch())[0].x
+    chunked = ArraySource(x, y, None, batch_size=4, shuffle=False)
+    chunked.slice_chunk_batches = 2
+    a, b = list(chunked.epoch()), list(chunked.epoch())
+    assert a[0].x is not b[0].x and [t.y.tolist() for t in b] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

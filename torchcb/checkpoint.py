@@ -373,7 +373,7 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         # one tensor, not 625 ints: each Python object costs torch.save a callback
-        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "python": [version, torch.from_numpy(np.array(internal, dtype=np.int64)), gauss],
         "numpy": {
             "bit_generator": np_state["bit_generator"],
             "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),

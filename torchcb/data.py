@@ -243,6 +243,7 @@ class ArraySource(Source):
         self.steps = steps if steps is not None else batches_per_pass
         self._fixed_steps = steps is not None
         self._stream: Iterator[Batch] | None = None
+        self._pass_views: tuple[Any, Any, Any] | None = None  # an unshuffled pass's batches, when it is one chunk
 
     def set_epoch(self, epoch: int) -> None:
         if self._generator is not None:
@@ -265,7 +266,8 @@ class ArraySource(Source):
     # Batches are views of one chunk at a time, made by one split call per chunk. Without
     # shuffling a chunk is a slice of the arrays themselves: no gather, no copy, and it can
     # span many batches. Shuffled, a chunk is gathered on the device, one gather for up to 64
-    # batches and about 1 MiB, so it is still in cache when its batches are used.
+    # batches and about 1 MiB, so it is still in cache when its batches are used. An
+    # unshuffled pass of tensors that is one chunk keeps its views for the next epochs.
     chunk_batches = 64
     chunk_bytes = 2**20
     slice_chunk_batches = 1024
@@ -289,9 +291,20 @@ class ArraySource(Source):
         for chunk_start in range(starts.start, n, step):
             chunk_stop = min(chunk_start + step, n)
             index: Any = slice(chunk_start, chunk_stop) if order is None else order[chunk_start:chunk_stop]
-            xs = _split(self.x, index, size)
-            ys = _split(self.y, index, size)
-            ws = _split(self.sample_weight, index, size)
+            whole_pass = (
+                order is None
+                and chunk_start == 0
+                and chunk_stop == n
+                and all(t is None or isinstance(t, torch.Tensor) for t in (self.x, self.y, self.sample_weight))
+            )
+            if whole_pass and self._pass_views is not None:
+                xs, ys, ws = self._pass_views  # the same views as the epoch before: nothing is cut again
+            else:
+                xs = _split(self.x, index, size)
+                ys = _split(self.y, index, size)
+                ws = _split(self.sample_weight, index, size)
+                if whole_pass:
+                    self._pass_views = xs, ys, ws
             full, rest = divmod(chunk_stop - chunk_start, size)
             sizes = itertools.chain(itertools.repeat(size, full), (rest,) if rest else ())
             yield map(_new_batch, itertools.repeat(Batch), zip(xs, ys, ws, sizes))

@@ -210,6 +210,8 @@ class Steps:
 
     def restore_pending_gradients(self, pending: dict[str, Any] | None) -> None:
         """Start from the gradients :meth:`pending_gradients` gave, or from none."""
+        if pending is None and self._accumulated == 0:
+            return  # no group is pending: the next step clears the gradients as it starts one
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.optimizer.zero_grad(set_to_none=True)
         self._accumulated = 0

@@ -115,9 +115,6 @@ class CSVLogger(Callback):
         if self.keys is None:
             self.keys = self._columns(logs)
 
-        class Dialect(csv.excel):
-            delimiter = self.sep
-
         row = {"epoch": epoch}
         row.update((key, _handle_value(logs.get(key, "NA"))) for key in self.keys)
         first, self._first_write = self._first_write, None
@@ -125,8 +122,8 @@ class CSVLogger(Callback):
             # a resumed run: keep the rows of the epochs before this one, atomically
             text = io.StringIO(newline="")
             kept = self._rows_before(epoch)
-            csv.writer(text, dialect=Dialect).writerows(kept)
-            writer = csv.DictWriter(text, fieldnames=["epoch"] + self.keys, dialect=Dialect)
+            csv.writer(text, delimiter=self.sep).writerows(kept)
+            writer = csv.DictWriter(text, fieldnames=["epoch"] + self.keys, delimiter=self.sep)
             if not kept:
                 writer.writeheader()
             writer.writerow(row)
@@ -134,7 +131,7 @@ class CSVLogger(Callback):
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
         with open(self.filename, "w" if first == "fresh" else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch"] + self.keys, dialect=Dialect)
+            writer = csv.DictWriter(f, fieldnames=["epoch"] + self.keys, delimiter=self.sep)
             if f.tell() == 0:
                 writer.writeheader()
             writer.writerow(row)
