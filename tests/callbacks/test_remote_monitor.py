@@ -1,3 +1,4 @@
+import base64
 import json
 import re
 import socket
@@ -229,3 +230,33 @@ def test_a_server_that_trickles_its_answer_holds_no_post_thread_or_socket_past_f
         assert failed + dropped == 4 and failed >= 1
     finally:
         server.close()
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+def test_posts_go_through_the_proxy_the_environment_names_with_its_credentials(server, no_proxy_settings):
+    # the recording server plays a forward proxy: it is asked for the whole URL, with Basic auth
+    no_proxy_settings.setenv("http_proxy", server.root.replace("http://", "http://ann:p%40ss@"))
+    monitor = RemoteMonitor(root="http://monitor.invalid:9000", send_as_json=True)
+    monitor.on_epoch_end(2, {"loss": 0.25})
+    (request,) = server.requests
+    assert request["path"] == "http://monitor.invalid:9000/publish/epoch/end/"
+    assert request["headers"]["Proxy-Authorization"] == "Basic " + base64.b64encode(b"ann:p@ss").decode()
+    assert request["headers"]["Host"] == "monitor.invalid:9000"
+    assert json.loads(request["body"]) == {"epoch": 2, "loss": 0.25}
+
+
+def test_a_host_named_in_no_proxy_is_posted_to_directly(server, no_proxy_settings):
+    no_proxy_settings.setenv("http_proxy", _refused_root())
+    no_proxy_settings.setenv("no_proxy", "localhost,127.0.0.1")
+    monitor = RemoteMonitor(root=server.root, path="/runs?id=3", send_as_json=True)
+    monitor.on_epoch_end(0, {"loss": 0.5})
+    (request,) = server.requests
+    assert request["path"] == "/runs?id=3"
+    assert "Proxy-Authorization" not in request["headers"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import io
@@ -10,7 +11,6 @@ import queue
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
@@ -91,28 +91,31 @@ class _HTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
     pass
 
 
-def _opener(deadline: Any, on_connect: Any) -> urllib.request.OpenerDirector:
-    """urllib's opener (proxies and all), whose connections end by ``deadline()`` (built once a fit)."""
+def _connection(url: str, timeout: float) -> tuple[_HTTPConnection | _HTTPSConnection, str, dict[str, str]]:
+    """A connection for one POST to ``url``, what to ask for on it, and the proxy's headers.
 
-    def connection(kind: type) -> Any:
-        def make(host: str, **kwargs: Any) -> http.client.HTTPConnection:
-            ends = deadline()
-            kwargs["timeout"] = max(ends - time.monotonic(), 1e-3)
-            made = kind(host, **kwargs)
-            made.deadline, made.on_connect = ends, on_connect
-            return made
-
-        return make
-
-    class HTTP(urllib.request.HTTPHandler):
-        def http_open(self, req: urllib.request.Request) -> Any:
-            return self.do_open(connection(_HTTPConnection), req)
-
-    class HTTPS(urllib.request.HTTPSHandler):
-        def https_open(self, req: urllib.request.Request) -> Any:
-            return self.do_open(connection(_HTTPSConnection), req)
-
-    return urllib.request.build_opener(HTTP, HTTPS)
+    The proxy is the one urllib (and ``requests``) would take: ``http_proxy``/``https_proxy``
+    unless ``no_proxy`` names the host. A plain-HTTP post asks the proxy for the whole URL; an
+    HTTPS post tunnels through it. Credentials in the proxy's URL become its Basic auth.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http or https URL: {url!r}")
+    kind = _HTTPSConnection if parts.scheme == "https" else _HTTPConnection
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]):
+        return kind(parts.hostname, parts.port, timeout=timeout), target, {}
+    proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    proxy_headers = {}
+    if proxy_parts.username is not None:
+        user, password = (urllib.parse.unquote(part or "") for part in (proxy_parts.username, proxy_parts.password))
+        proxy_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    connection = kind(proxy_parts.hostname or "", proxy_parts.port, timeout=timeout)
+    if kind is _HTTPConnection:
+        return connection, url, proxy_headers
+    connection.set_tunnel(parts.hostname, parts.port, proxy_headers)
+    return connection, target, {}
 
 
 def _plain(value: Any) -> Any:
@@ -129,10 +132,11 @@ class RemoteMonitor(Callback):
     The payload is Keras 2's exactly: the 0-based epoch first, then every log value, numpy
     and tensor scalars made plain. With ``send_as_json`` the body is that JSON object
     (``Content-Type: application/json``); otherwise it is a form with the field ``field``
-    holding the JSON text. It is sent with the standard library's ``urllib``, which honours
-    the ``http_proxy``/``no_proxy`` environment variables as ``requests`` does; as in Keras,
-    the server's answer is not checked, so only a server that cannot be reached (or does
-    not answer within ``timeout``) counts as a failure.
+    holding the JSON text. Each post is one connection of the standard library's
+    ``http.client``, through the proxy the ``http_proxy``/``https_proxy``/``no_proxy``
+    environment variables name, as ``requests`` and ``urllib`` choose it; as in Keras, the
+    server's answer (its status, a redirect) is not checked, so only a server that cannot be
+    reached (or does not answer within ``timeout``) counts as a failure.
 
     Posting never stalls a training step: a background thread sends from a bounded queue,
     and each post must end within ``timeout`` seconds in all (connecting, sending and
@@ -194,8 +198,6 @@ class RemoteMonitor(Callback):
         self._warned_outage = False  # whether the current outage was warned about
         self._last_error = ""
         self._in_flight: _DeadlineSocket | None = None  # the socket of the post being sent
-        self._opener: urllib.request.OpenerDirector | None = None  # built at the first post
-        self._deadline = 0.0
 
     @property
     def url(self) -> str:
@@ -203,29 +205,32 @@ class RemoteMonitor(Callback):
 
     # ----------------------------------------------------------------- the sender thread
 
-    def _request(self, payload: dict[str, Any]) -> urllib.request.Request:
+    def _request(self, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         """The POST Keras makes: a JSON body, or a form whose ``field`` holds the JSON text."""
         if self.send_as_json:
             body, content_type = json.dumps(payload), "application/json"
         else:
             body, content_type = urllib.parse.urlencode({self.field: json.dumps(payload)}), _FORM
-        # urllib normalises header names, so a Content-Type of the user's replaces ours
-        headers = {"Content-Type": content_type, **(self.headers or {})}
-        return urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
+        # names title-cased, as urllib sends them, so a Content-Type of the user's replaces ours
+        headers = {"Content-Type": content_type, "Connection": "close"}
+        headers.update((name.title(), value) for name, value in (self.headers or {}).items())
+        return body.encode(), headers
 
     def _connected(self, sock: _DeadlineSocket) -> None:
         with self._lock:
             self._in_flight = sock
 
     def _send(self, payload: dict[str, Any]) -> None:
-        self._deadline = time.monotonic() + self.timeout  # one deadline for the whole post
-        if self._opener is None:
-            self._opener = _opener(lambda: self._deadline, self._connected)
         try:
-            with self._opener.open(self._request(payload)) as response:
-                response.read()
-        except urllib.error.HTTPError as error:
-            error.close()  # the server answered: as in Keras, the status is not checked
+            body, headers = self._request(payload)
+            connection, target, proxy_headers = _connection(self.url, self.timeout)
+            connection.deadline = time.monotonic() + self.timeout  # one deadline for the whole post
+            connection.on_connect = self._connected
+            try:
+                connection.request("POST", target, body, {**headers, **proxy_headers})
+                connection.getresponse().read()  # as in Keras, the answer is not checked
+            finally:
+                connection.close()
         except (OSError, http.client.HTTPException, ValueError) as error:  # unreachable, timed out, bad URL
             with self._lock:
                 self._in_flight = None
