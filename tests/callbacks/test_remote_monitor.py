@@ -260,3 +260,11 @@ def test_a_host_named_in_no_proxy_is_posted_to_directly(server, no_proxy_setting
     (request,) = server.requests
     assert request["path"] == "/runs?id=3"
     assert "Proxy-Authorization" not in request["headers"]
+
+
+def test_a_host_name_is_looked_up(server, no_proxy_settings):
+    monitor = RemoteMonitor(root=server.root.replace("127.0.0.1", "localhost"), send_as_json=True)
+    monitor.on_epoch_end(1, {"loss": 0.75})
+    (request,) = server.requests
+    assert request["headers"]["Host"] == f"localhost:{server.httpd.server_address[1]}"
+    assert json.loads(request["body"]) == {"epoch": 1, "loss": 0.75}

@@ -71,6 +71,13 @@ class _DeadlineSocket:
         return getattr(self._sock, name)
 
 
+def _create_connection(address: tuple[str, int], *args: Any) -> socket.socket:
+    """``socket.create_connection`` with an ASCII host handed over as bytes: the same lookup,
+    without loading the idna codec (three modules, ~1 ms in a process) for a host that needs none."""
+    host, port = address
+    return socket.create_connection((host.encode() if host.isascii() else host, port), *args)
+
+
 class _DeadlineConnection:
     """Mixed into http.client's connections: the connected socket gets the post's deadline."""
 
@@ -78,6 +85,7 @@ class _DeadlineConnection:
     on_connect: Any
 
     def connect(self) -> None:
+        self._create_connection = _create_connection  # http.client's hook for opening the socket
         super().connect()  # type: ignore[misc]  # the TCP (and TLS) handshake, bounded by the timeout
         self.sock = _DeadlineSocket(self.sock, self.deadline)  # type: ignore[has-type]
         self.on_connect(self.sock)
