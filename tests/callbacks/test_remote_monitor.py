@@ -268,3 +268,33 @@ def test_a_host_name_is_looked_up(server, no_proxy_settings):
     (request,) = server.requests
     assert request["headers"]["Host"] == f"localhost:{server.httpd.server_address[1]}"
     assert json.loads(request["body"]) == {"epoch": 1, "loss": 0.75}
+
+
+def test_an_https_post_tunnels_through_the_proxy_with_its_credentials(no_proxy_settings, recwarn):
+    # a real listener plays the proxy: it records the CONNECT request, agrees, then hangs up,
+    # so the TLS handshake that would follow fails and the post counts as failed
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = []
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += connection.recv(4096)
+            received.append(head.decode())
+            connection.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    no_proxy_settings.setenv("https_proxy", f"http://ann:secret@127.0.0.1:{listener.getsockname()[1]}")
+    monitor = RemoteMonitor(root="https://monitor.invalid", send_as_json=True, timeout=5)
+    monitor.on_epoch_end(0, {"loss": 0.5})
+    thread.join(timeout=10)
+    listener.close()
+    (head,) = received
+    assert head.startswith("CONNECT monitor.invalid:443 HTTP/1.")
+    assert "Proxy-Authorization: Basic " + base64.b64encode(b"ann:secret").decode() in head
+    assert any(
+        "could not reach RemoteMonitor root server at https://monitor.invalid" in str(w.message) for w in recwarn
+    )
