@@ -10,8 +10,10 @@ repeat runs every variant once, in a shuffled order (seeded), and prints a line 
 it goes (on stderr); the table comes at the end (on stdout). Throughput is training samples
 per second. Each torchcb variant is paired with the hand loop that does the same work; a
 run's ratio is its throughput over that hand loop's in the same repeat, so a slow minute of
-the machine hits both sides, and the table gives the median ratio and the range over the
-repeats. The final loss of every torchcb run must equal its hand loop's (same seed) to 1e-6.
+the machine hits both sides, and the table gives the median ratio, a 95% confidence interval
+for it (order statistics of the repeats' ratios: distribution-free) and the range over the
+repeats; a target inside the interval is within the noise of the run. The final loss of
+every torchcb run must equal its hand loop's (same seed) to 1e-6.
 
 Workloads:
     W1  MLP 32-64-10, 16384 samples, batch 32, 3 epochs              (overhead-bound)
@@ -38,6 +40,7 @@ torchcb variants (the hand loop each is compared with):
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import random
@@ -80,6 +83,23 @@ TARGETS = {
 
 def baseline(workload: str, variant: str) -> str:
     return BASELINES.get((workload, variant), BASELINES.get(variant, "hand"))
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A confidence interval for the median of ``values``, from their order statistics.
+
+    The k-th smallest and k-th largest of n values bound the median with probability
+    1 - 2 P(Binomial(n, 1/2) < k), whatever their distribution; k is the largest that keeps
+    that at least ``confidence``. Too few values for that give the whole range.
+
+    >>> median_interval([float(v) for v in range(1, 22)])
+    (6.0, 16.0)
+    """
+    ordered, n = sorted(values), len(values)
+    k = 1
+    while k < n // 2 and 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n <= 1 - confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k]
 
 
 # ----------------------------------------------------------------------------- one run
@@ -345,17 +365,19 @@ def main() -> int:
                 hand_runs = [r["samples"] / r["seconds"] for r in results[against]]
                 # each run against its hand loop in the same repeat: the machine's slow minutes cancel
                 ratios = [mine / hand for mine, hand in zip(throughputs, hand_runs)]
-                ratio = statistics.median(ratios)
+                ratio, interval = statistics.median(ratios), median_interval(ratios)
                 target = TARGETS.get((workload, variant))
                 if target is not None and ratio < target:
-                    failures.append(f"{workload} {variant} (ratio {ratio:.3f} < {target:.2f})")
+                    failures.append(
+                        f"{workload} {variant} (ratio {ratio:.3f} < {target:.2f}; 95% CI {interval[0]:.3f}–{interval[1]:.3f})"
+                    )
                 hand_loss = results[against][0]["loss"]
                 if any(abs(r["loss"] - hand_loss) > 1e-6 for r in runs):
                     failures.append(f"{workload} {variant} (final loss differs from the {against} loop's)")
                 peak = max(r["peak_mib"] for r in runs)
                 rows.append(
-                    (workload, variant, against, statistics.median(throughputs), ratio, min(ratios), max(ratios))
-                    + (target, runs[0]["loss"], peak)
+                    (workload, variant, against, statistics.median(throughputs), ratio, interval)
+                    + (min(ratios), max(ratios), target, runs[0]["loss"], peak)
                 )
     finally:
         server.shutdown()
@@ -365,15 +387,15 @@ def main() -> int:
         "repeats of the run's throughput / its hand loop's in the same repeat"
     )
     print(
-        "| workload | variant | against | samples/s (median) | ratio | ratio range | target | final loss "
+        "| workload | variant | against | samples/s (median) | ratio | 95% CI | ratio range | target | final loss "
         "| peak memory (MiB) |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for workload, variant, against, throughput, ratio, low, high, target, loss, peak in rows:
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workload, variant, against, throughput, ratio, (ci_low, ci_high), low, high, target, loss, peak in rows:
         target_text = f"≥ {target:.2f}" if target else ""
         print(
-            f"| {workload} | {variant} | {against} | {throughput:,.0f} | {ratio:.3f} | {low:.3f}–{high:.3f} "
-            f"| {target_text} | {loss:.6f} | {peak:,.0f} |"
+            f"| {workload} | {variant} | {against} | {throughput:,.0f} | {ratio:.3f} | {ci_low:.3f}–{ci_high:.3f} "
+            f"| {low:.3f}–{high:.3f} | {target_text} | {loss:.6f} | {peak:,.0f} |"
         )
     if failures:
         print("missed:", ", ".join(failures))
