@@ -35,10 +35,12 @@ def test_python_lists_are_arrays():
 
 
 def test_in_memory_arrays_are_moved_once_and_indexed_on_the_device():
-    from torchcb.data import ArraySource, make_source
+    from torchcb.data import ArraySource, Batching, Placement, make_source
 
     x, y = _xy(10)
-    source = make_source(x.numpy(), y.numpy(), batch_size=4, shuffle=True, device="cpu", steps=None)
+    source = make_source(
+        x.numpy(), y.numpy(), batching=Batching(batch_size=4, shuffle=True), placement=Placement("cpu")
+    )
     assert isinstance(source, ArraySource)
     assert isinstance(source.x, torch.Tensor) and source.x.dtype == torch.float32
     batches = list(source.epoch())
@@ -218,10 +220,10 @@ def test_unshuffled_batches_are_views_of_the_tensors_themselves():
 
 
 def test_an_unshuffled_pass_of_one_chunk_cuts_its_batches_once_and_sees_later_writes():
-    from torchcb.data import ArraySource
+    from torchcb.data import ArraySource, Batching
 
     x, y = torch.arange(20.0).reshape(10, 2), torch.arange(10)
-    source = ArraySource(x, y, None, batch_size=4, shuffle=False)
+    source = ArraySource(x, y, None, Batching(batch_size=4, shuffle=False))
     first, second = list(source.epoch()), list(source.epoch())
     assert [b.size for b in second] == [4, 4, 2]
     assert all(a.x is b.x and a.y is b.y for a, b in zip(first, second))  # the same views, not cut again
@@ -231,9 +233,67 @@ def test_an_unshuffled_pass_of_one_chunk_cuts_its_batches_once_and_sees_later_wr
     assert [b.y.tolist() for b in resumed] == [[4, 5, 6, 7], [8, 9]]
 
     # shuffled, or a pass of several chunks: each epoch cuts its own
-    shuffled = ArraySource(x, y, None, batch_size=4, shuffle=True)
+    shuffled = ArraySource(x, y, None, Batching(batch_size=4, shuffle=True))
     assert list(shuffled.epoch())[0].x is not list(shuffled.epoch())[0].x
-    chunked = ArraySource(x, y, None, batch_size=4, shuffle=False)
+    chunked = ArraySource(x, y, None, Batching(batch_size=4, shuffle=False))
     chunked.slice_chunk_batches = 2
     a, b = list(chunked.epoch()), list(chunked.epoch())
     assert a[0].x is not b[0].x and [t.y.tolist() for t in b] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_batching_options_are_checked_when_made_and_name_the_argument():
+    from torchcb.data import Batching
+
+    with pytest.raises(ValueError, match="batch_size must be a positive int or None, got 0"):
+        Batching(batch_size=0)
+    with pytest.raises(ValueError, match=r"validation_steps must be a positive int or None, got 2\.5"):
+        Batching(steps=2.5, steps_argument="validation_steps")
+    with pytest.raises(ValueError, match="validation_steps must be a positive int or None, got -1"):
+        make_trainer().fit(*_xy(8), verbose=0, validation_data=_xy(4), validation_steps=-1)
+    with pytest.raises(ValueError, match="steps must be a positive int or None, got 0"):
+        make_trainer().evaluate(*_xy(8), verbose=0, steps=0)
+
+
+def test_fixed_steps_says_whether_the_data_streams_across_epochs():
+    from torchcb.data import Batching, Placement, make_source
+
+    x, y = _xy(10)
+    placement = Placement("cpu")
+    per_pass = make_source(x, y, batching=Batching(batch_size=4), placement=placement)
+    streamed = make_source(x, y, batching=Batching(batch_size=4, steps=5), placement=placement)
+    assert (per_pass.fixed_steps, per_pass.steps, streamed.fixed_steps, streamed.steps) == (False, 3, True, 5)
+    loader = make_source(DataLoader(TensorDataset(x, y), batch_size=3), None, batching=Batching(), placement=placement)
+    assert (loader.fixed_steps, loader.steps, loader.samples) == (False, 4, 10)
+    # an epoch counted in steps: the progress bar's count mode follows it
+    rec = Recorder()
+    make_trainer().fit(x, y, batch_size=4, steps_per_epoch=5, epochs=1, verbose=0, callbacks=[rec])
+    assert rec.params["steps"] == 5
+
+
+def test_placement_casts_integer_inputs_and_picks_the_copy_mode():
+    from torchcb.data import Batching, Placement, make_source
+
+    x = torch.arange(6).reshape(3, 2)
+    y = torch.arange(3)
+    floats = make_source(x, y, batching=Batching(), placement=Placement("cpu", float_inputs=True))
+    kept = make_source(x, y, batching=Batching(), placement=Placement("cpu"))
+    assert floats.x.dtype == torch.float32 and kept.x.dtype == torch.int64
+    assert floats.y.dtype == torch.int64  # targets keep their dtype
+    batches = [(x, y)]
+    loaded = make_source(batches, None, batching=Batching(), placement=Placement("cpu", float_inputs=True))
+    (batch,) = loaded.epoch()
+    assert batch.x.dtype == torch.float32 and batch.y.dtype == torch.int64
+    assert not Placement("cpu").copies_non_blocking and Placement("cuda").copies_non_blocking
+    assert Placement("cpu", non_blocking=True).copies_non_blocking
+    assert not Placement("cuda", non_blocking=False).copies_non_blocking
+
+
+def test_pin_memory_reaches_the_loader_torchcb_builds_for_a_dataset_and_not_a_users_loader():
+    from torchcb.data import Batching, Placement, make_source
+
+    dataset = TensorDataset(*_xy(8))
+    pinned = make_source(dataset, None, batching=Batching(batch_size=4), placement=Placement("cpu", pin_memory=True))
+    assert pinned.data.pin_memory and pinned.data.batch_size == 4
+    assert not make_source(dataset, None, batching=Batching(), placement=Placement("cpu")).data.pin_memory
+    users = DataLoader(dataset, batch_size=2)
+    assert make_source(users, None, batching=Batching(), placement=Placement("cpu", pin_memory=True)).data is users

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from torchcb import distributed
-from torchcb.data import tree_leaves, tree_map
+from torchcb.tree import tree_leaves, tree_map
 
 # torch.save imports its serialization config on first use, which takes milliseconds;
 # importing it with torchcb keeps that out of a run's first checkpoint.

@@ -12,8 +12,8 @@
 
 Example:
     >>> import numpy as np
-    >>> from torchcb.data import array_source
-    >>> source = array_source(np.zeros((10, 3)), np.arange(10), batch_size=4, shuffle=False, device="cpu")
+    >>> from torchcb.data import Batching, Placement, make_source
+    >>> source = make_source(np.zeros((10, 3)), np.arange(10), batching=Batching(batch_size=4), placement=Placement("cpu"))
     >>> [batch.size for batch in source.epoch()]
     [4, 4, 2]
 """
@@ -24,6 +24,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,18 +32,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
 
 from torchcb._checks import is_int
+from torchcb.tree import tree_leaves, tree_map, tree_split
 
 __all__ = [
     "Batch",
+    "Batching",
+    "Placement",
     "Source",
     "ArraySource",
     "IterableSource",
     "array_source",
-    "concatenate",
     "make_source",
     "split_arrays",
-    "tree_leaves",
-    "tree_map",
     "validation_source",
     "ValidationArrays",
     "is_array_input",
@@ -62,49 +63,75 @@ class Batch(NamedTuple):
 _new_batch = tuple.__new__
 
 
-def tree_map(fn: Callable[[Any], Any], struct: Any) -> Any:
-    """Apply ``fn`` to every array or tensor in a nest of lists, tuples and dicts."""
-    if isinstance(struct, dict):
-        return {k: tree_map(fn, v) for k, v in struct.items()}
-    if isinstance(struct, (list, tuple)):
-        return type(struct)(tree_map(fn, v) for v in struct)
-    if struct is None:
-        return None
-    return fn(struct)
+@dataclass(frozen=True)
+class Placement:
+    """Where batches go and in what form: one value per trainer, the same for every source.
+
+    Args:
+        device: the device every batch is moved to.
+        float_inputs: integer and boolean inputs become floats (the default dtype), as Keras
+            casts inputs to floatx; targets keep their dtype.
+        pin_memory: a Dataset that torchcb batches itself gets a ``DataLoader(pin_memory=True)``,
+            so its host-to-GPU copies can overlap the step (a DataLoader you pass keeps its own).
+        non_blocking: copy each batch of a loader or generator to the device with
+            ``non_blocking``; ``None`` (the default) does so on CUDA only.
+
+    Example:
+        >>> Placement("cpu", float_inputs=True).copies_non_blocking
+        False
+    """
+
+    device: torch.device | str = "cpu"
+    float_inputs: bool = False
+    pin_memory: bool = False
+    non_blocking: bool | None = None
+
+    @property
+    def copies_non_blocking(self) -> bool:
+        """Whether batches are copied with ``non_blocking=True``."""
+        if self.non_blocking is not None:
+            return self.non_blocking
+        return torch.device(self.device).type == "cuda"
 
 
-def concatenate(outputs: list[Any]) -> Any:
-    """Per-batch outputs joined along the batch dimension, nests of lists, tuples and dicts alike."""
-    first = outputs[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(outputs) if first.dim() > 0 else torch.stack(outputs)
-    if isinstance(first, dict):
-        return {k: concatenate([o[k] for o in outputs]) for k in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(concatenate(list(parts)) for parts in zip(*outputs))
-    return outputs
+@dataclass(frozen=True)
+class Batching:
+    """How a source cuts its data into batches, checked when it is made.
 
+    Args:
+        batch_size: samples per batch; ``None`` is 32 for arrays and Datasets, and must be
+            ``None`` for a DataLoader or an iterable of batches (they batch themselves).
+        shuffle: draw a new order each epoch (arrays and Datasets).
+        steps: batches per epoch; given, the data is a stream that continues across epochs.
+        steps_argument: the name ``steps`` has in error messages (``"steps_per_epoch"``,
+            ``"validation_steps"``, ``"steps"``).
+        shard: ``(rank, world size)`` under torchrun: this process takes every world-th sample.
+        pad: with ``shard``, repeat samples so that every rank takes the same number of steps
+            (training); ``False`` for evaluation, where every sample counts once.
+        seed: the seed every rank draws its shared order from, with ``shard``.
 
-def _split(struct: Any, index: Any, size: int) -> Any:
-    """``struct[index]`` cut into batches of ``size`` (the last may be smaller): a view of each
-    tensor for a slice ``index``, one gather for a tensor of indices. ``None`` gives Nones."""
-    if struct is None:
-        return itertools.repeat(None)
-    if isinstance(struct, torch.Tensor):
-        return struct[index].split(size)
-    if isinstance(struct, dict):
-        keys = list(struct)
-        return [dict(zip(keys, parts)) for parts in zip(*(_split(struct[k], index, size) for k in keys))]
-    return [type(struct)(parts) for parts in zip(*(_split(v, index, size) for v in struct))]
+    Example:
+        >>> Batching(batch_size=64, shuffle=True).steps is None
+        True
+        >>> Batching(batch_size=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be a positive int or None, got 0.
+    """
 
+    batch_size: int | None = None
+    shuffle: bool = False
+    steps: int | None = None
+    steps_argument: str = "steps_per_epoch"
+    shard: tuple[int, int] | None = None
+    pad: bool = True
+    seed: int | None = None
 
-def tree_leaves(struct: Any) -> list[Any]:
-    """Every array, tensor or other leaf in a nest of lists, tuples and dicts, in order (Nones left out)."""
-    if isinstance(struct, dict):
-        return [leaf for v in struct.values() for leaf in tree_leaves(v)]
-    if isinstance(struct, (list, tuple)):
-        return [leaf for v in struct for leaf in tree_leaves(v)]
-    return [] if struct is None else [struct]
+    def __post_init__(self) -> None:
+        if self.steps is not None and (not is_int(self.steps) or self.steps <= 0):
+            raise ValueError(f"{self.steps_argument} must be a positive int or None, got {self.steps!r}.")
+        if self.batch_size is not None and (not is_int(self.batch_size) or self.batch_size <= 0):
+            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}.")
 
 
 def _is_array(value: Any) -> bool:
@@ -189,11 +216,14 @@ class Source:
     Attributes:
         steps: batches per epoch, or ``None`` when it cannot be known in advance.
         samples: samples per epoch, or ``None``.
+        fixed_steps: whether ``steps`` was given (``steps_per_epoch``): the data is then a
+            stream that continues across epochs, and an epoch is counted in steps, not samples.
         exhausted: set when a one-shot generator ran out of data.
     """
 
     steps: int | None = None
     samples: int | None = None
+    fixed_steps: bool = False
     exhausted = False
 
     def set_epoch(self, epoch: int) -> None:
@@ -209,23 +239,28 @@ class Source:
 
 
 class ArraySource(Source):
-    """In-memory tensors on the device, indexed there batch by batch."""
+    """In-memory tensors on the device, indexed there batch by batch.
 
-    def __init__(
-        self,
-        x: Any,
-        y: Any,
-        sample_weight: torch.Tensor | None,
-        batch_size: int,
-        shuffle: bool,
-        steps: int | None = None,
-        shard: tuple[int, int] | None = None,
-        pad: bool = True,
-        seed: int | None = None,
-    ) -> None:
+    Args:
+        x: the inputs: a tensor, or a list, tuple or dict of tensors, on the device.
+        y: the targets, shaped alike, or ``None`` (predict).
+        sample_weight: one weight per sample, or ``None``.
+        batching: how to batch them (a ``batch_size`` of ``None`` is 32).
+
+    Example:
+        >>> import torch
+        >>> source = ArraySource(torch.zeros(5, 2), torch.arange(5), None, Batching(batch_size=2))
+        >>> [batch.y.tolist() for batch in source.epoch()]
+        [[0, 1], [2, 3], [4]]
+    """
+
+    def __init__(self, x: Any, y: Any, sample_weight: torch.Tensor | None, batching: Batching) -> None:
         self.x, self.y, self.sample_weight = x, y, sample_weight
+        batch_size, steps, shard, pad, seed = (
+            batching.batch_size or 32, batching.steps, batching.shard, batching.pad, batching.seed
+        )  # fmt: skip
         self.batch_size = batch_size
-        self.shuffle = shuffle
+        self.shuffle = batching.shuffle
         self.num_samples = _length(x, "x")
         self.device = tree_leaves(x)[0].device
         # Under torchrun each rank takes every world-th sample of an order every rank draws
@@ -241,7 +276,7 @@ class ArraySource(Source):
             self.samples = math.ceil(self.num_samples / world) if pad else len(range(rank, self.num_samples, world))
         batches_per_pass = math.ceil(self.samples / batch_size)
         self.steps = steps if steps is not None else batches_per_pass
-        self._fixed_steps = steps is not None
+        self.fixed_steps = steps is not None
         self._stream: Iterator[Batch] | None = None
         self._pass_views: tuple[Any, Any, Any] | None = None  # an unshuffled pass's batches, when it is one chunk
 
@@ -300,9 +335,9 @@ class ArraySource(Source):
             if whole_pass and self._pass_views is not None:
                 xs, ys, ws = self._pass_views  # the same views as the epoch before: nothing is cut again
             else:
-                xs = _split(self.x, index, size)
-                ys = _split(self.y, index, size)
-                ws = _split(self.sample_weight, index, size)
+                xs = tree_split(self.x, index, size)
+                ys = tree_split(self.y, index, size)
+                ws = tree_split(self.sample_weight, index, size)
                 if whole_pass:
                     self._pass_views = xs, ys, ws
             full, rest = divmod(chunk_stop - chunk_start, size)
@@ -314,7 +349,7 @@ class ArraySource(Source):
             yield from self._pass()
 
     def epoch(self, skip: int = 0) -> Iterator[Batch]:
-        if not self._fixed_steps:
+        if not self.fixed_steps:
             return self._pass(skip)
         # steps_per_epoch with arrays: a stream that continues (and reshuffles) across epochs
         if self._stream is None:
@@ -343,21 +378,36 @@ def _unpack(element: Any, with_targets: bool) -> tuple[Any, Any, Any]:
 
 
 class IterableSource(Source):
-    """A DataLoader, Dataset, generator or other iterable of batches, moved to the device per batch."""
+    """A DataLoader, Dataset, generator or other iterable of batches, moved to the device per batch.
+
+    Args:
+        data: a DataLoader or any iterable of ``(x, y)`` / ``(x, y, sample_weight)`` batches.
+        placement: the device, dtype policy and copy mode of every batch.
+        steps: batches per epoch; given, the data is a stream that continues across epochs.
+        with_targets: ``False`` for ``predict``: a batch may be ``x`` alone.
+        weights_fn: ``(y, sample_weight) -> sample_weight`` for ``class_weight``.
+        where: starts every error message about the data.
+
+    Example:
+        >>> import torch
+        >>> batches = [(torch.zeros(2, 3), torch.zeros(2)), (torch.zeros(1, 3), torch.zeros(1))]
+        >>> [b.size for b in IterableSource(batches, Placement(), steps=None, with_targets=True).epoch()]
+        [2, 1]
+    """
 
     def __init__(
         self,
         data: Any,
-        device: torch.device | str,
+        placement: Placement,
         steps: int | None,
         with_targets: bool,
         weights_fn: Callable[[Any, Any], torch.Tensor | None] | None = None,
         where: str = "",
-        float_inputs: bool = False,
     ) -> None:
         self.data = data
-        self.float_inputs = float_inputs
-        self.device = torch.device(device)
+        self.float_inputs = placement.float_inputs
+        self.device = torch.device(placement.device)
+        self.non_blocking = placement.copies_non_blocking
         self.with_targets = with_targets
         self.weights_fn = weights_fn
         if isinstance(data, (list, tuple)):  # batches in memory: each one is checked now, before training
@@ -381,10 +431,10 @@ class IterableSource(Source):
             if length == 0:
                 raise ValueError(f"{where or 'x: '}the data is empty (it yields no batches).")
             self.steps = length
-            self._fixed_steps = False
+            self.fixed_steps = False
         else:
             self.steps = steps
-            self._fixed_steps = True
+            self.fixed_steps = True
         dataset = getattr(data, "dataset", None)
         if isinstance(data, DataLoader) and not isinstance(dataset, IterableDataset) and steps is None:
             try:
@@ -400,7 +450,7 @@ class IterableSource(Source):
 
     def _move(self, element: Any) -> Batch:
         x, y, sample_weight = _unpack(element, self.with_targets)
-        non_blocking = self.device.type == "cuda"
+        non_blocking = self.non_blocking
 
         def move(value: Any) -> torch.Tensor:
             if isinstance(value, torch.Tensor):
@@ -419,7 +469,7 @@ class IterableSource(Source):
         return _new_batch(Batch, (x, y, sample_weight, size))
 
     def epoch(self, skip: int = 0) -> Iterator[Batch]:
-        if not self._fixed_steps:
+        if not self.fixed_steps:
             iterator = iter(self.data)
             for _ in range(skip):  # a loader cannot jump: fetch and drop the batches already done
                 next(iterator, None)
@@ -497,23 +547,30 @@ def array_source(
     x: Any,
     y: Any,
     *,
-    batch_size: int,
-    shuffle: bool,
-    device: torch.device | str,
+    batching: Batching,
+    placement: Placement,
     sample_weight: Any = None,
     class_weight: dict | None = None,
-    steps: int | None = None,
-    shard: tuple[int, int] | None = None,
-    pad: bool = True,
-    seed: int | None = None,
     where: str = "",
-    float_inputs: bool = False,
 ) -> ArraySource:
     """Move in-memory arrays to the device once and batch them there.
 
-    ``where`` starts every error message (``"validation_data: "`` for validation arrays);
-    with ``float_inputs``, integer and boolean inputs become floats.
+    Args:
+        x: arrays, tensors or nested Python lists of numbers, or a list, tuple or dict of them.
+        y: the targets, shaped alike, or ``None``.
+        batching: the batch size, shuffling, steps and shard.
+        placement: the device, and whether integer inputs become floats.
+        sample_weight: one weight per sample, or ``None``.
+        class_weight: a weight per class index, multiplied into the sample weights once.
+        where: starts every error message (``"validation_data: "`` for validation arrays).
+
+    Example:
+        >>> import numpy as np
+        >>> source = array_source(np.ones((3, 2)), np.arange(3), batching=Batching(batch_size=2), placement=Placement())
+        >>> source.steps, source.x.dtype
+        (2, torch.float32)
     """
+    device, float_inputs = placement.device, placement.float_inputs
     x_t = _to_arrays(x, device, f"{where}x")
     if float_inputs:
         x_t = tree_map(_as_float, x_t)
@@ -533,7 +590,7 @@ def array_source(
     class_weights = _class_weight_fn(class_weight, device)
     if class_weights is not None:
         weights = class_weights(y_t, weights)  # computed once for the whole array
-    return ArraySource(x_t, y_t, weights, batch_size, shuffle, steps, shard, pad, seed)
+    return ArraySource(x_t, y_t, weights, batching)
 
 
 def split_arrays(x: Any, y: Any, sample_weight: Any, validation_split: float) -> tuple[Any, Any]:
@@ -563,49 +620,43 @@ def make_source(
     x: Any,
     y: Any,
     *,
-    batch_size: int | None,
-    shuffle: bool,
-    device: torch.device | str,
-    steps: int | None,
+    batching: Batching,
+    placement: Placement,
     sample_weight: Any = None,
     class_weight: dict | None = None,
     with_targets: bool = True,
-    steps_argument: str = "steps_per_epoch",
-    shard: tuple[int, int] | None = None,
-    pad: bool = True,
-    seed: int | None = None,
     where: str = "",
-    float_inputs: bool = False,
 ) -> Source:
     """Pick the source for ``x``: in-memory arrays, a Dataset/DataLoader, or an iterable.
 
-    ``where`` starts every error message about the data (``"validation_data: "``); with
-    ``float_inputs``, integer and boolean inputs become floats.
+    Args:
+        x: arrays or tensors (or a list, tuple or dict of them), a Dataset, a DataLoader, or
+            an iterable of ``(x, y)`` / ``(x, y, sample_weight)`` batches.
+        y: the targets of in-memory ``x``; ``None`` otherwise (the batches hold them).
+        batching: the batch size, shuffling, steps, shard and seed.
+        placement: the device and dtype policy every batch follows.
+        sample_weight: per-sample weights of in-memory ``x``.
+        class_weight: a weight per class index.
+        with_targets: ``False`` for ``predict``, whose batches need no targets.
+        where: starts every error message about the data (``"validation_data: "``).
+
+    Example:
+        >>> import torch
+        >>> source = make_source(torch.zeros(10, 3), torch.zeros(10), batching=Batching(batch_size=4),
+        ...                      placement=Placement("cpu"))
+        >>> source.steps, source.samples, source.fixed_steps
+        (3, 10, False)
     """
     if x is None:
         raise ValueError("x is required: pass arrays, tensors, a Dataset, a DataLoader or a generator.")
-    if steps is not None and (not is_int(steps) or steps <= 0):
-        raise ValueError(f"{steps_argument} must be a positive int or None, got {steps!r}.")
-    if batch_size is not None and (not is_int(batch_size) or batch_size <= 0):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+    batch_size, shuffle, shard, seed = batching.batch_size, batching.shuffle, batching.shard, batching.seed
     if is_array_input(x):
         if with_targets and y is None:
             raise ValueError("y is required when x is an array or tensor: pass the targets as y.")
         return array_source(
-            x,
-            y,
-            batch_size=batch_size or 32,
-            shuffle=shuffle,
-            device=device,
-            sample_weight=sample_weight,
-            class_weight=class_weight,
-            steps=steps,
-            shard=shard,
-            pad=pad,
-            seed=seed,
+            x, y, batching=batching, placement=placement, sample_weight=sample_weight, class_weight=class_weight,
             where=where,
-            float_inputs=float_inputs,
-        )
+        )  # fmt: skip
     if y is not None:
         raise ValueError(f"y must not be given when x is a {type(x).__name__}: its batches hold the targets.")
     if sample_weight is not None:
@@ -640,17 +691,18 @@ def make_source(
     elif isinstance(x, Dataset):
         if shard is not None and not isinstance(x, IterableDataset):
             sampler = DistributedSampler(x, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed or 0)
-            data = DataLoader(x, batch_size=batch_size or 32, sampler=sampler)
+            data = DataLoader(x, batch_size=batch_size or 32, sampler=sampler, pin_memory=placement.pin_memory)
         else:
-            data = DataLoader(x, batch_size=batch_size or 32, shuffle=shuffle and not isinstance(x, IterableDataset))
+            shuffled = shuffle and not isinstance(x, IterableDataset)
+            data = DataLoader(x, batch_size=batch_size or 32, shuffle=shuffled, pin_memory=placement.pin_memory)
     elif hasattr(x, "__iter__") or hasattr(x, "__next__"):
         data = x
     else:
         raise ValueError(
             f"x must be arrays, tensors, a Dataset, a DataLoader or an iterable of batches, got {type(x).__name__}."
         )
-    weights = _class_weight_fn(class_weight, device)
-    return IterableSource(data, device, steps, with_targets, weights, where, float_inputs)
+    weights = _class_weight_fn(class_weight, placement.device)
+    return IterableSource(data, placement, batching.steps, with_targets, weights, where)
 
 
 class ValidationArrays(list):
@@ -663,7 +715,7 @@ class ValidationArrays(list):
 
     Example:
         >>> import numpy as np
-        >>> source = array_source(np.ones((3, 2)), np.arange(3), batch_size=2, shuffle=False, device="cpu")
+        >>> source = array_source(np.ones((3, 2)), np.arange(3), batching=Batching(batch_size=2), placement=Placement())
         >>> x, y, weights = ValidationArrays(source)
         >>> x.shape, y.tolist(), weights.tolist()
         ((3, 2), [0, 1, 2], [1.0, 1.0, 1.0])
@@ -726,12 +778,25 @@ def validation_source(
     *,
     batch_size: int | None,
     steps: int | None,
-    device: torch.device | str,
+    placement: Placement,
     shard: tuple[int, int] | None = None,
-    float_inputs: bool = False,
 ) -> Source | None:
     """The source for ``fit``'s ``validation_data``: ``(x, y)`` or ``(x, y, sample_weight)`` (a tuple or a
-    list), a Dataset, a DataLoader or an iterable of batches; ``None`` for none. Never shuffled or padded."""
+    list), a Dataset, a DataLoader or an iterable of batches; ``None`` for none. Never shuffled or padded.
+
+    Args:
+        validation_data: what ``fit`` was given, or ``None``.
+        batch_size: ``fit``'s ``batch_size`` (used for arrays and Datasets only).
+        steps: ``validation_steps``.
+        placement: the trainer's placement.
+        shard: ``(rank, world size)`` under torchrun.
+
+    Example:
+        >>> import torch
+        >>> val = validation_source((torch.zeros(6, 2), torch.zeros(6)), batch_size=4, steps=None, placement=Placement())
+        >>> val.steps, val.shuffle
+        (2, False)
+    """
     if validation_data is None:
         return None
     arrays = _is_xy(validation_data)
@@ -740,22 +805,20 @@ def validation_source(
             "validation_data must be (x_val, y_val), (x_val, y_val, sample_weight), a Dataset, a DataLoader or an "
             "iterable of (x, y) batches; arrays alone have no targets."
         )
-    common = {
-        "shuffle": False,
-        "device": device,
-        "steps": steps,
-        "steps_argument": "validation_steps",
-        "shard": shard,
-        "pad": False,
-        "where": "validation_data: ",
-        "float_inputs": float_inputs,
-    }
+    # a Dataset is batched with batch_size; a DataLoader or an iterable yields its own batches
+    batches_itself = not arrays and not isinstance(validation_data, Dataset)
+    batching = Batching(
+        batch_size=None if batches_itself else batch_size,
+        steps=steps,
+        steps_argument="validation_steps",
+        shard=shard,
+        pad=False,
+    )
+    where = "validation_data: "
     if arrays:
         weights = validation_data[2] if len(validation_data) == 3 else None
         return make_source(
-            validation_data[0], validation_data[1], batch_size=batch_size, sample_weight=weights, **common
-        )
-    # a Dataset is batched with batch_size; a DataLoader or an iterable yields its own batches
-    return make_source(
-        validation_data, None, batch_size=batch_size if isinstance(validation_data, Dataset) else None, **common
-    )
+            validation_data[0], validation_data[1], batching=batching, placement=placement, sample_weight=weights,
+            where=where,
+        )  # fmt: skip
+    return make_source(validation_data, None, batching=batching, placement=placement, where=where)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from torchcb.data import tree_map
+from torchcb.tree import tree_map
 
 if TYPE_CHECKING:
     from torchcb.trainer import Trainer

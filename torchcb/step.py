@@ -31,8 +31,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from torchcb._checks import check_int
-from torchcb.data import ArraySource, Batch, Source, tree_map
+from torchcb.data import ArraySource, Batch, Source
 from torchcb.metrics import KNOWN_LOSSES, resolve_loss, resolve_metrics, target_mismatch
+from torchcb.tree import tree_map
 
 __all__ = ["PRECISIONS", "Steps"]
 

@@ -22,9 +22,10 @@ from torchcb.checkpoint import BackgroundWriter, Checkpointing, TrainingState, r
 from torchcb.data import (
     ArraySource,
     Batch,
+    Batching,
+    Placement,
     Source,
     ValidationArrays,
-    concatenate,
     is_array_input,
     make_source,
     split_arrays,
@@ -33,6 +34,7 @@ from torchcb.data import (
 from torchcb.facade import KerasModel
 from torchcb.logs import EpochTotals, Logs
 from torchcb.step import Steps
+from torchcb.tree import concatenate
 
 __all__ = ["Trainer"]
 
@@ -283,18 +285,13 @@ class Trainer(Steps, Checkpointing):
             )
         if validation_split and validation_data is None:
             (x, y, sample_weight), validation_data = split_arrays(x, y, sample_weight, validation_split)
+        seed = distributed.shared_seed() if self.distributed else None
+        batching = Batching(
+            batch_size=batch_size, shuffle=shuffle, steps=steps_per_epoch, shard=self._shard(), seed=seed
+        )
+        placement = Placement(self.device, float_inputs=self.float_inputs)
         train = make_source(
-            x,
-            y,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            device=self.device,
-            steps=steps_per_epoch,
-            sample_weight=sample_weight,
-            class_weight=class_weight,
-            shard=self._shard(),
-            seed=distributed.shared_seed() if self.distributed else None,
-            float_inputs=self.float_inputs,
+            x, y, batching=batching, placement=placement, sample_weight=sample_weight, class_weight=class_weight
         )
         if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
             self.loss.per_sample(None, None)  # raises the explanation
@@ -303,9 +300,8 @@ class Trainer(Steps, Checkpointing):
             validation_data,
             batch_size=batch_size,
             steps=validation_steps,
-            device=self.device,
+            placement=placement,
             shard=self._shard(),
-            float_inputs=self.float_inputs,
         )
         return train, val
 
@@ -323,7 +319,7 @@ class Trainer(Steps, Checkpointing):
 
     def _fit_callbacks(self, callbacks: Any, verbose: int, train: Source) -> tuple[CallbackList, History]:
         """``[BaseLogger, ProgbarLogger (if verbose), *user callbacks, History]``, as Keras 2 orders them."""
-        counts_samples = train.samples is not None and not getattr(train, "_fixed_steps", False)
+        counts_samples = train.samples is not None and not train.fixed_steps
         callback_list = CallbackList.for_fit(
             callbacks,
             model=self.model,
@@ -406,15 +402,11 @@ class Trainer(Steps, Checkpointing):
         source = make_source(
             x,
             y,
-            batch_size=batch_size,
-            shuffle=False,
-            device=self.device,
-            steps=steps,
+            batching=Batching(
+                batch_size=batch_size, steps=steps, steps_argument="steps", shard=self._shard(), pad=False
+            ),
+            placement=Placement(self.device, float_inputs=self.float_inputs),
             sample_weight=sample_weight,
-            steps_argument="steps",
-            shard=self._shard(),
-            pad=False,
-            float_inputs=self.float_inputs,
         )
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples}
         callback_list = CallbackList.for_inference(
@@ -448,13 +440,9 @@ class Trainer(Steps, Checkpointing):
         source = make_source(
             x,
             None,
-            batch_size=batch_size,
-            shuffle=False,
-            device=self.device,
-            steps=steps,
+            batching=Batching(batch_size=batch_size, steps=steps, steps_argument="steps"),
+            placement=Placement(self.device, float_inputs=self.float_inputs),
             with_targets=False,
-            steps_argument="steps",
-            float_inputs=self.float_inputs,
         )
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples, "metrics": []}
         callback_list = CallbackList.for_inference(callbacks, model=self.model, verbose=verbose, params=params)

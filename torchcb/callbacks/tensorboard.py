@@ -13,7 +13,7 @@ import torch
 from torchcb import backend as K
 from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import Callback
-from torchcb.data import make_source
+from torchcb.data import Batching, Placement, make_source
 from torchcb.distributed import is_main_process
 
 __all__ = ["TensorBoard"]
@@ -344,10 +344,8 @@ class TensorBoard(Callback):
         source = make_source(
             self.embeddings_data,
             None,
-            batch_size=self.batch_size or 32,
-            shuffle=False,
-            device=trainer.device,
-            steps=None,
+            batching=Batching(self.batch_size or 32),
+            placement=Placement(trainer.device),
             with_targets=False,
         )
         was_training = module.training
