@@ -77,3 +77,14 @@ def test_an_empty_callback_list_takes_every_hook():
     callbacks.on_train_batch_end(0, {"loss": 1.0})
     callbacks.on_epoch_end(0)
     assert list(callbacks) == []
+
+
+def test_queue_length_of_keras_2_is_accepted_with_a_deprecation_warning_and_changes_nothing():
+    from torchcb.callbacks import History
+
+    with pytest.warns(DeprecationWarning, match="queue_length is ignored"):
+        callbacks = CallbackList([History()], queue_length=10)
+    callbacks.on_train_begin()
+    callbacks.on_epoch_end(0, {"loss": 0.5})
+    assert callbacks.callbacks[0].history == {"loss": [0.5]}
+    assert not hasattr(callbacks, "queue_length")

@@ -37,7 +37,8 @@ def test_unknown_mode_warns_and_falls_back_to_auto():
 
 
 def test_baseline_keras2_semantics_and_nothing_restored_if_never_beaten():
-    # KERAS_SEMANTICS example: accuracy [0.55, 0.74, 0.81, 0.81], baseline 0.75, patience 2 -> 2 epochs.
+    # Keras 2's baseline (keras/callbacks/callbacks.py, 2.3): best starts at the baseline, so epochs that do
+    # not beat it count towards patience: accuracy [0.55, 0.74, 0.81, 0.81], baseline 0.75, patience 2 -> 2 epochs.
     model = KerasStub()
     callback = EarlyStopping(monitor="val_acc", baseline=0.75, patience=2, restore_best_weights=True)
 

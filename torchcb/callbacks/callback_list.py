@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -116,14 +117,26 @@ class CallbackList:
     nothing per batch. ``logs=None`` becomes ``{}``. Every hook call is a round: actions
     deferred during it (full checkpoints) run when it has reached every callback.
 
+    Args:
+        callbacks: the callbacks, in calling order.
+        queue_length: deprecated and ignored. Keras 2's ``CallbackList(callbacks=None,
+            queue_length=10)`` (``keras/callbacks.py``) kept that many hook timings to warn
+            about slow batch hooks; torchcb times no hook. Passing it warns with a
+            ``DeprecationWarning``, so Keras 2 code that builds a CallbackList still runs.
+
     Attributes:
         callbacks: the callbacks, in calling order.
         history: the History that ``fit`` returns (lists built by :meth:`for_fit`).
     """
 
-    def __init__(self, callbacks: Iterable[Any] | None = None, queue_length: int = 10) -> None:
+    def __init__(self, callbacks: Iterable[Any] | None = None, queue_length: int | None = None) -> None:
+        if queue_length is not None:
+            warnings.warn(
+                "CallbackList's queue_length is ignored (Keras 2 timed hooks with it; torchcb does not).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.callbacks: list[Any] = []
-        self.queue_length = queue_length
         self.params: dict[str, Any] = {}
         self.model: Any = None
         self.history: Any = None
