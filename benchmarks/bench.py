@@ -15,6 +15,13 @@ for it (order statistics of the repeats' ratios: distribution-free) and the rang
 repeats; a target inside the interval is within the noise of the run. The final loss of
 every torchcb run must equal its hand loop's (same seed) to 1e-6.
 
+Output: the table on stdout, and with ``--json PATH`` the same rows with named fields
+(``variant``, ``against``, ``ratio``, ``ci_low``, ``ci_high``, ``target``, ``met_target``,
+``final_loss``, ``hand_final_loss``, ``reached_hand_loss`` ...). Exit status: 0 when every
+run ran and every torchcb run reached its hand loop's final loss, whether or not a speed
+target was met (a missed target is listed after ``missed:`` and in ``met_target``); 3 when
+a final loss differs; 4 for a missed target under ``--require-targets``; 1 when a run failed.
+
 Workloads:
     W1  MLP 32-64-10, 16384 samples, batch 32, 3 epochs              (overhead-bound)
     W2  MLP 256-1024-1024-10, 8192 samples, batch 256, 2 epochs      (compute-bound on a CPU)
@@ -40,6 +47,7 @@ torchcb variants (the hand loop each is compared with):
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -318,12 +326,109 @@ def _run(context, workload: str, variant: str, device: str, server_root: str) ->
         process.join()
 
 
+def summarize(workload: str, results: dict[str, list[dict]], repeats: int) -> list[dict]:
+    """One row per variant, with named fields: what the table and the JSON output show.
+
+    ``results`` maps each variant to its runs (one a repeat, in repeat order); a torchcb
+    variant's runs are paired with its hand loop's of the same repeat.
+    """
+    rows = []
+    for variant, runs in results.items():
+        throughputs = [r["samples"] / r["seconds"] for r in runs]
+        against = variant if variant in HAND_LOOPS else baseline(workload, variant)
+        hand_runs = [r["samples"] / r["seconds"] for r in results[against]]
+        # each run against its hand loop in the same repeat: the machine's slow minutes cancel
+        ratios = [mine / hand for mine, hand in zip(throughputs, hand_runs)]
+        ratio, (ci_low, ci_high) = statistics.median(ratios), median_interval(ratios)
+        target = TARGETS.get((workload, variant))
+        hand_loss = results[against][0]["loss"]
+        rows.append(
+            {
+                "workload": workload,
+                "variant": variant,
+                "against": None if variant in HAND_LOOPS else against,
+                "repeats": repeats,
+                "samples_per_s": statistics.median(throughputs),
+                "ratio": ratio,
+                "ci_low": ci_low,
+                "ci_high": ci_high,
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "target": target,
+                "met_target": None if target is None else ratio >= target,
+                "final_loss": runs[0]["loss"],
+                "hand_final_loss": hand_loss,
+                "reached_hand_loss": all(abs(r["loss"] - hand_loss) <= 1e-6 for r in runs),
+                "peak_mib": max(r["peak_mib"] for r in runs),
+            }
+        )
+    return rows
+
+
+def missed_targets(rows: list[dict]) -> list[str]:
+    """Each row under its target, with the interval that says whether that is within the noise."""
+    return [
+        f"{r['workload']} {r['variant']} (ratio {r['ratio']:.3f} < {r['target']:.2f}; "
+        f"95% CI {r['ci_low']:.3f}–{r['ci_high']:.3f})"
+        for r in rows
+        if r["met_target"] is False
+    ]
+
+
+def loss_mismatches(rows: list[dict]) -> list[str]:
+    """Each torchcb variant whose final loss is not its hand loop's: it did not do the same work."""
+    return [
+        f"{r['workload']} {r['variant']} (final loss {r['final_loss']:.6f}, the {r['against']} loop's "
+        f"{r['hand_final_loss']:.6f})"
+        for r in rows
+        if not r["reached_hand_loss"]
+    ]
+
+
+# The exit status: 1 is a run that failed (an exception) and 2 a bad command line, as for any Python script.
+RAN, LOSS_DIFFERS, TARGET_MISSED = 0, 3, 4
+
+
+def exit_status(rows: list[dict], require_targets: bool = False) -> int:
+    """0 when every run ran and reached its hand loop's final loss; 3 when a final loss differs;
+    4 when ``require_targets`` and a ratio is under its target (otherwise a missed target is
+    reported, in ``missed:`` and each row's ``met_target``, and the status stays 0)."""
+    if loss_mismatches(rows):
+        return LOSS_DIFFERS
+    if require_targets and missed_targets(rows):
+        return TARGET_MISSED
+    return RAN
+
+
+def print_table(rows: list[dict], repeats: int, device: str) -> None:
+    print(
+        f"torchcb benchmark: {repeats} alternating runs each, device {device}, 1 thread; ratio = median over "
+        "repeats of the run's throughput / its hand loop's in the same repeat"
+    )
+    print(
+        "| workload | variant | against | samples/s (median) | ratio | 95% CI | ratio range | target | final loss "
+        "| peak memory (MiB) |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        target_text = f"≥ {r['target']:.2f}" if r["target"] else ""
+        print(
+            f"| {r['workload']} | {r['variant']} | {r['against'] or ''} | {r['samples_per_s']:,.0f} | {r['ratio']:.3f} "
+            f"| {r['ci_low']:.3f}–{r['ci_high']:.3f} | {r['ratio_min']:.3f}–{r['ratio_max']:.3f} | {target_text} "
+            f"| {r['final_loss']:.6f} | {r['peak_mib']:,.0f} |"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: W1 W2 (and W3 on cuda)")
     parser.add_argument("--repeats", type=int, help="default: 21 on the CPU, 5 on cuda")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variants", nargs="+", help="run only these torchcb variants (with their hand loops)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows, with named fields, to this JSON file")
+    parser.add_argument(
+        "--require-targets", action="store_true", help="exit with status 4 when a ratio is under its target"
+    )
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
     workloads = args.workloads or (["W1", "W2", "W3"] if on_gpu else ["W1", "W2"])
@@ -334,9 +439,8 @@ def main() -> int:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "torchcb", "torchcb.callbacks"])
     server, root = _serve_locally()
-    failures = []
+    rows: list[dict] = []
     try:
-        rows = []
         for workload in workloads:
             chosen = [
                 v for v in VARIANTS[workload] if v not in HAND_LOOPS and (not args.variants or v in args.variants)
@@ -359,47 +463,28 @@ def main() -> int:
                     )
                     if repeat >= 0:
                         results[variant].append(result)
-            for variant, runs in results.items():
-                throughputs = [r["samples"] / r["seconds"] for r in runs]
-                against = variant if variant in HAND_LOOPS else baseline(workload, variant)
-                hand_runs = [r["samples"] / r["seconds"] for r in results[against]]
-                # each run against its hand loop in the same repeat: the machine's slow minutes cancel
-                ratios = [mine / hand for mine, hand in zip(throughputs, hand_runs)]
-                ratio, interval = statistics.median(ratios), median_interval(ratios)
-                target = TARGETS.get((workload, variant))
-                if target is not None and ratio < target:
-                    failures.append(
-                        f"{workload} {variant} (ratio {ratio:.3f} < {target:.2f}; 95% CI {interval[0]:.3f}–{interval[1]:.3f})"
-                    )
-                hand_loss = results[against][0]["loss"]
-                if any(abs(r["loss"] - hand_loss) > 1e-6 for r in runs):
-                    failures.append(f"{workload} {variant} (final loss differs from the {against} loop's)")
-                peak = max(r["peak_mib"] for r in runs)
-                rows.append(
-                    (workload, variant, against, statistics.median(throughputs), ratio, interval)
-                    + (min(ratios), max(ratios), target, runs[0]["loss"], peak)
-                )
+            rows += summarize(workload, results, repeats)
     finally:
         server.shutdown()
 
-    print(
-        f"torchcb benchmark: {repeats} alternating runs each, device {args.device}, 1 thread; ratio = median over "
-        "repeats of the run's throughput / its hand loop's in the same repeat"
-    )
-    print(
-        "| workload | variant | against | samples/s (median) | ratio | 95% CI | ratio range | target | final loss "
-        "| peak memory (MiB) |"
-    )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for workload, variant, against, throughput, ratio, (ci_low, ci_high), low, high, target, loss, peak in rows:
-        target_text = f"≥ {target:.2f}" if target else ""
-        print(
-            f"| {workload} | {variant} | {against} | {throughput:,.0f} | {ratio:.3f} | {ci_low:.3f}–{ci_high:.3f} "
-            f"| {low:.3f}–{high:.3f} | {target_text} | {loss:.6f} | {peak:,.0f} |"
-        )
-    if failures:
-        print("missed:", ", ".join(failures))
-    return 1 if failures else 0
+    print_table(rows, repeats, args.device)
+    missed, mismatches = missed_targets(rows), loss_mismatches(rows)
+    if missed:
+        print("missed:", ", ".join(missed))
+    if mismatches:
+        print("final loss differs:", ", ".join(mismatches))
+    if args.json:
+        document = {
+            "device": args.device,
+            "repeats": repeats,
+            "threads": 1,
+            "rows": rows,
+            "missed_targets": missed,
+            "loss_mismatches": mismatches,
+        }
+        with open(args.json, "w") as file:
+            json.dump(document, file, indent=1)
+    return exit_status(rows, args.require_targets)
 
 
 if __name__ == "__main__":
