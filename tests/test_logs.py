@@ -140,7 +140,7 @@ def _epoch_only_callbacks(directory):
 @pytest.mark.parametrize(
     "name, make, per_epoch",
     [
-        # what the README's table says each callback costs, beyond fit's one read an epoch
+        # what the README says each callback costs, beyond fit's one read an epoch
         ("epoch-level callbacks", _epoch_only_callbacks, lambda batches: 0),
         ("TerminateOnNaN", lambda d: [TerminateOnNaN()], lambda b: b // 32),
         (
