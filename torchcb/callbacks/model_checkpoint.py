@@ -10,6 +10,7 @@ from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import BatchFrequency, MonitorCallback
 from torchcb.checkpoint import check_writable
 from torchcb.distributed import is_main_process
+from torchcb.utils import print_msg
 
 __all__ = ["ModelCheckpoint"]
 
@@ -183,16 +184,16 @@ class ModelCheckpoint(MonitorCallback):
                 return
             if not self.is_improvement(current, self.best):
                 if self.verbose > 0:
-                    print("\nEpoch %05d: %s did not improve from %0.5f" % (epoch + 1, self.monitor, self.best))
+                    print_msg("\nEpoch %05d: %s did not improve from %0.5f" % (epoch + 1, self.monitor, self.best))
                 return
             if self.verbose > 0:
-                print(
+                print_msg(
                     "\nEpoch %05d: %s improved from %0.5f to %0.5f, saving model to %s"
                     % (epoch + 1, self.monitor, self.best, current, filepath)
                 )
             self.best = current
         elif self.verbose > 0:
-            print("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
+            print_msg("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
         if self.save_weights_only:
             self.model.save_weights(filepath, overwrite=True)
         else:
