@@ -260,6 +260,10 @@ class MonitorCallback(Callback):
         >>> watcher.reset_monitor()
         >>> watcher.is_improvement(0.80, watcher.best), watcher.is_improvement(0.805, 0.80)
         (True, False)
+        >>> MonitorCallback(monitor="val_los").require_monitor_op()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: MonitorCallback callback received monitor=val_los, but torchcb isn't able to ...
     """
 
     def __init__(

@@ -28,7 +28,11 @@ class EarlyStopping(MonitorCallback):
         patience: epochs without improvement after which training stops; 0 stops at the
             first epoch that does not improve.
         verbose: 1 prints ``Epoch 00005: early stopping`` and the restore message.
-        mode: ``"auto"``, ``"min"`` or ``"max"`` (see ``MonitorCallback``).
+        mode: ``"auto"``, ``"min"`` or ``"max"``; ``monitor_op`` is ``np.greater`` or
+            ``np.less`` accordingly. ``"auto"`` maximises ``acc``/``accuracy``/``auc`` names
+            and metrics that say higher is better, minimises losses and decreasing metrics,
+            and raises ``ValueError`` at the first epoch end for any other name (a typo such
+            as ``"val_los"``): pass ``mode='max'`` or ``mode='min'`` then.
         baseline: a value to beat. ``best`` starts at it, so every epoch that does not
             beat it counts towards ``patience`` (Keras 2). With ``restore_best_weights``
             and no epoch beating it, the weights of the best epoch seen are restored all

@@ -115,7 +115,9 @@ class ReduceLROnPlateau(MonitorCallback):
         factor: the multiplier, below 1 (``new_lr = lr * factor``).
         patience: epochs without improvement before a reduction.
         verbose: 1 prints ``Epoch 00005: ReduceLROnPlateau reducing learning rate to 0.0001.``
-        mode: ``"auto"``, ``"min"`` or ``"max"``.
+        mode: ``"auto"``, ``"min"`` or ``"max"``, as EarlyStopping's (``monitor_op`` is
+            ``np.greater`` or ``np.less``; an ``"auto"`` monitor that is neither a loss nor
+            a metric of the fit raises ``ValueError`` at the first epoch end).
         min_delta: the least change that counts as an improvement. ``epsilon=`` is accepted
             as its deprecated Keras 2 name, with a warning.
         cooldown: epochs to wait after a reduction before counting again.

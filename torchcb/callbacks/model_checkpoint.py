@@ -51,7 +51,10 @@ class ModelCheckpoint(MonitorCallback):
         save_weights_only: save the module's ``state_dict`` (``model.save_weights``) rather
             than the full training checkpoint (``model.save``: module, optimizer, epoch,
             step, RNG states; resume with ``trainer.load_checkpoint``).
-        mode: ``"auto"``, ``"min"`` or ``"max"``, for ``save_best_only``.
+        mode: ``"auto"``, ``"min"`` or ``"max"``, for ``save_best_only`` (``monitor_op`` is
+            ``np.greater`` or ``np.less`` accordingly). In ``"auto"``, a monitor that is
+            neither a loss nor a metric of the fit raises ``ValueError`` at the first save
+            with ``save_best_only``; without it the monitor is not used and nothing is raised.
         period: save every ``period`` epochs (Keras 2).
         save_freq: ``"epoch"``, or a number of batches between saves (Keras 3).
         initial_value_threshold: the value the monitor must beat for the first save.

@@ -9,6 +9,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import requests
 import torch
 
 from torchcb.callbacks.base import Callback
@@ -108,8 +109,6 @@ class RemoteMonitor(Callback):
 
     def _post(self, payload: dict[str, Any]) -> None:
         """Keras' call, with a timeout: the answer is not checked."""
-        import requests  # imported when first needed, off the training thread
-
         if self.send_as_json:
             requests.post(self.url, json=payload, headers=self.headers, timeout=self.timeout)
         else:
