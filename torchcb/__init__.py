@@ -10,10 +10,10 @@ Example:
     True
 """
 
-from torchcb import backend, callbacks
+from torchcb import backend, callbacks, utils
 from torchcb.callbacks.history import History
 from torchcb.trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["History", "Trainer", "__version__", "backend", "callbacks"]
+__all__ = ["History", "Trainer", "__version__", "backend", "callbacks", "utils"]

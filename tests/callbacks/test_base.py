@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_data, make_trainer
-from torchcb.callbacks import Callback
+from tests.conftest import drive, make_data, make_trainer
+from torchcb.callbacks import Callback, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+from torchcb.metrics import Metric
 
 
 def test_on_batch_hooks_alias_the_train_batch_hooks_only():
@@ -56,3 +57,53 @@ def test_validation_data_is_keras_2s_numpy_list_once_training_has_begun():
     seen.clear()
     make_trainer().fit(x, y, epochs=1, verbose=0, validation_data=loader, callbacks=[AccuracyOnValidationData()])
     assert "arrays" not in seen  # a loader's data is not in memory: validation_data stays None
+
+
+MONITORING = [
+    lambda **kw: EarlyStopping(**kw),
+    lambda **kw: ModelCheckpoint("never-written.pt", save_best_only=True, **kw),
+    lambda **kw: ReduceLROnPlateau(**kw),
+]
+
+
+@pytest.mark.parametrize("make", MONITORING, ids=["EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau"])
+def test_every_monitoring_callback_has_keras_monitor_op(make):
+    assert make(monitor="val_accuracy", mode="max").monitor_op is np.greater
+    assert make(monitor="val_accuracy", mode="auto").monitor_op is np.greater
+    assert make(monitor="val_accuracy", mode="min").monitor_op is np.less
+    assert make(monitor="val_loss", mode="auto").monitor_op is np.less
+    assert make(monitor="val_loss", mode="min").monitor_op is np.less
+    # decided with the fit's metrics once training begins: a metric that says higher is better
+    callback = make(monitor="val_score", mode="auto")
+    callback.set_model(make_trainer(metrics=[Metric(lambda p, t: p.mean(), "score", higher_is_better=True)]).model)
+    callback.on_train_begin({})
+    assert callback.monitor_op is np.greater
+
+
+def test_keras_user_code_comparing_with_monitor_op_works():
+    class StopAtFirstGain(EarlyStopping):
+        """Keras 2 community code: the K2 comparison idiom, with min_delta signed by the mode."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            current = logs.get(self.monitor)
+            if self.monitor_op(current - self.min_delta, self.best):
+                self.best = current
+                self.gains.append(epoch)
+
+    for monitor, values, gains in (
+        ("val_accuracy", [0.5, 0.55, 0.8, 0.85], [0, 2]),  # min_delta 0.1: 0.55 and 0.85 gain too little
+        ("val_loss", [1.0, 0.95, 0.7, 0.65], [0, 2]),
+    ):
+        callback = StopAtFirstGain(monitor=monitor, min_delta=0.1)
+        callback.gains = []
+        drive(callback, values, monitor)
+        assert callback.gains == gains
+
+
+@pytest.mark.parametrize("make", MONITORING, ids=["EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau"])
+def test_auto_mode_raises_for_a_name_no_loss_or_metric_of_the_fit_logs(make, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    callback = make(monitor="val_acuracy")  # a typo: neither a loss nor a metric of this fit
+    with pytest.raises(ValueError, match=f"{type(callback).__name__} callback received monitor=val_acuracy"):
+        make_trainer().fit(*make_data(8), epochs=2, verbose=0, validation_split=0.25, callbacks=[callback])
+    assert not (tmp_path / "never-written.pt").exists()

@@ -57,7 +57,7 @@ def test_reduce_lr_arguments():
         DeprecationWarning, match="`epsilon` argument is deprecated and will be removed, use `min_delta` instead."
     ):
         callback = ReduceLROnPlateau(epsilon=0.5)
-    assert callback.min_delta == 0.5 and not hasattr(callback, "epsilon")
+    assert callback.min_delta == -0.5 and not hasattr(callback, "epsilon")  # signed for np.less, as in Keras
     with pytest.raises(TypeError, match="unexpected arguments: factr"):
         ReduceLROnPlateau(factr=0.5)
 

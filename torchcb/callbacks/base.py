@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+
+from torchcb.metrics import KNOWN_LOSSES
 
 __all__ = ["HOOKS", "KERAS_HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
 
@@ -173,27 +178,92 @@ class BatchFrequency:
 
 
 _HIGHER_IS_BETTER_SUFFIXES = ("acc", "accuracy", "auc")
+# metrics known to decrease as the model gets better (Keras' names); losses end in "loss"
+_LOWER_IS_BETTER = frozenset(
+    {
+        *KNOWN_LOSSES,
+        "mse",
+        "mae",
+        "mape",
+        "msle",
+        "mean_squared_error",
+        "mean_absolute_error",
+        "mean_absolute_percentage_error",
+        "mean_squared_logarithmic_error",
+        "root_mean_squared_error",
+        "rmse",
+        "hinge",
+        "squared_hinge",
+        "categorical_hinge",
+        "logcosh",
+        "log_cosh",
+        "kld",
+        "kl_divergence",
+        "kullback_leibler_divergence",
+        "poisson",
+        "huber",
+        "crossentropy",
+        "binary_crossentropy",
+        "categorical_crossentropy",
+        "sparse_categorical_crossentropy",
+    }
+)
+
+
+def _direction_of(metric: Any) -> bool | None:
+    """``True`` if the metric object says higher is better, ``False`` if lower, ``None`` if it does not say."""
+    direction = getattr(metric, "_direction", None)  # Keras 3 metrics: "up" or "down"
+    if direction is not None:
+        return direction == "up"
+    higher = getattr(metric, "higher_is_better", None)  # torchcb and torchmetrics metrics
+    return None if higher is None else bool(higher)
 
 
 class MonitorCallback(Callback):
     """The "monitor a quantity" logic shared by EarlyStopping, ModelCheckpoint and ReduceLROnPlateau.
 
+    ``monitor_op`` is ``np.greater`` when higher values are better and ``np.less`` when
+    lower are, as in Keras 2 and 3, so callback code written for Keras that compares with
+    it (``self.monitor_op(current - self.min_delta, self.best)``) works unchanged;
+    ``min_delta`` carries the sign that comparison needs (negative for ``np.less``), as in
+    Keras.
+
+    ``mode="auto"`` decides from the name (without a ``val_`` prefix) and the fit's metrics:
+
+    * max for a name ending in ``acc``, ``accuracy`` or ``auc``, and for a metric of the
+      fit whose object says higher is better (``higher_is_better``, Keras' ``_direction``);
+    * min for ``loss`` and any name ending in ``loss``, for the metrics known to decrease
+      (``mse``, ``mae``, ``hinge``, the crossentropies...), and for a metric of the fit
+      that says nothing about its direction (Keras 2 minimised it);
+    * anything else (a typo such as ``"val_los"``, a key no metric of this fit logs) is
+      Keras 3's ``ValueError`` at the end of the first epoch, naming the monitor and telling
+      to pass ``mode='max'`` or ``mode='min'``. A known name that is missing from one
+      epoch's logs (``val_loss`` on an epoch ``validation_freq`` skips) only warns.
+
+    The direction is decided when the callback is made, from the name alone where that
+    suffices, and again in ``on_train_begin`` with the fit's metrics.
+
     Args:
         monitor: the log key to watch, e.g. ``"val_loss"``.
-        mode: ``"min"``, ``"max"`` or ``"auto"``. ``"auto"`` maximises names (without a
-            ``val_`` prefix) ending in ``acc``, ``accuracy`` or ``auc``, and metrics whose
-            object says higher is better; it minimises everything else. An unknown mode
-            warns and falls back to ``"auto"``.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (above). An unknown mode warns and falls
+            back to ``"auto"``.
         baseline: the value ``best`` starts from, if given.
         min_delta: the smallest change that counts as an improvement; its absolute value
-            is used, in the direction the mode needs.
+            is used, with the sign the mode needs.
 
     Example:
+        >>> import numpy as np
         >>> from torchcb.callbacks.base import MonitorCallback
         >>> watcher = MonitorCallback(monitor="val_accuracy", min_delta=0.01)
+        >>> watcher.monitor_op is np.greater, MonitorCallback(monitor="val_loss").monitor_op is np.less
+        (True, True)
         >>> watcher.reset_monitor()
         >>> watcher.is_improvement(0.80, watcher.best), watcher.is_improvement(0.805, 0.80)
         (True, False)
+        >>> MonitorCallback(monitor="val_los").require_monitor_op()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: MonitorCallback callback received monitor=val_los, but torchcb isn't able to ...
     """
 
     def __init__(
@@ -214,39 +284,74 @@ class MonitorCallback(Callback):
         self.monitor = monitor
         self.mode = mode
         self.baseline = baseline
-        self.min_delta = abs(float(min_delta))
-        self.maximize = self._maximize()
-        self.best: float = -math.inf if self.maximize else math.inf
+        self._min_delta = abs(float(min_delta))
+        self.min_delta = self._min_delta
+        self.monitor_op: Callable[[Any, Any], Any] | None = None
+        self._set_monitor_op(self._resolve_monitor_op())
+        self.best: float = math.inf if self.monitor_op is np.less else -math.inf
 
-    def _maximize(self) -> bool:
+    def _set_monitor_op(self, op: Callable[[Any, Any], Any] | None) -> None:
+        self.monitor_op = op
+        self.min_delta = -self._min_delta if op is np.less else self._min_delta
+
+    def _fit_metrics(self) -> tuple[list[Any], set[str]]:
+        """The metric objects of this fit (Keras' metric lists flattened) and every metric name it logs."""
+        model = self.model
+        objects: list[Any] = []
+        for metric in getattr(model, "metrics", None) or []:
+            inner = getattr(metric, "metrics", None)  # Keras 3's CompileMetrics / MetricsList
+            objects.extend(inner if isinstance(inner, list) else [metric])
+        names = {getattr(m, "name", None) for m in objects}
+        names.update(getattr(model, "metrics_names", None) or [])
+        names.update(self.params.get("metrics") or [] if isinstance(self.params, dict) else [])
+        return objects, {n.removeprefix("val_") for n in names if isinstance(n, str)}
+
+    def _resolve_monitor_op(self) -> Callable[[Any, Any], Any] | None:
+        """``np.greater``, ``np.less``, or ``None`` when ``mode="auto"`` cannot tell (see the class)."""
         if self.mode != "auto":
-            return self.mode == "max"
-        name = self.monitor[4:] if self.monitor.startswith("val_") else self.monitor
+            return np.greater if self.mode == "max" else np.less
+        name = self.monitor.removeprefix("val_")
         if name.endswith(_HIGHER_IS_BETTER_SUFFIXES):
-            return True
-        for metric in getattr(self.model, "metrics", None) or []:
-            if getattr(metric, "name", None) == name:
-                direction = getattr(metric, "_direction", None)
-                if direction is not None:
-                    return direction == "up"
-                return bool(getattr(metric, "higher_is_better", False))
-        return False
+            return np.greater
+        objects, names = self._fit_metrics()
+        for metric in objects:
+            if getattr(metric, "name", None) == name and (higher := _direction_of(metric)) is not None:
+                return np.greater if higher else np.less
+        if name.endswith("loss") or name in _LOWER_IS_BETTER or name in names:
+            return np.less
+        return None
+
+    def require_monitor_op(self) -> None:
+        """Decide ``monitor_op`` if it is not yet; Keras 3's ``ValueError`` when ``mode="auto"`` cannot."""
+        if self.monitor_op is not None:
+            return
+        self._set_monitor_op(self._resolve_monitor_op())
+        if self.monitor_op is None:
+            raise ValueError(
+                f"{type(self).__name__} callback received monitor={self.monitor}, but torchcb isn't able to "
+                "automatically determine whether that metric should be maximized or minimized. Pass "
+                "`mode='max'` in order to monitor based on the highest metric value, or pass `mode='min'` "
+                "in order to use the lowest value."
+            )
 
     def reset_monitor(self, initial: float | None = None) -> None:
         """Decide the direction and set ``best`` to ``initial``, the baseline, or the worst value."""
-        self.maximize = self._maximize()
+        self._set_monitor_op(self._resolve_monitor_op())
         if initial is None:
             initial = self.baseline
-        self.best = float(initial) if initial is not None else (-math.inf if self.maximize else math.inf)
+        self.best = float(initial) if initial is not None else (math.inf if self.monitor_op is np.less else -math.inf)
 
     def is_improvement(self, current: float, reference: float) -> bool:
         """Whether ``current`` beats ``reference`` by more than ``min_delta`` in the mode's direction."""
-        if self.maximize:
-            return current - self.min_delta > reference
-        return current + self.min_delta < reference
+        self.require_monitor_op()
+        return bool(self.monitor_op(current - self.min_delta, reference))  # type: ignore[misc]
 
     def get_monitor_value(self, logs: dict | None, warning: str) -> float | None:
-        """The monitored value from ``logs``, or ``None`` after a warning naming the available keys."""
+        """The monitored value from ``logs``, or ``None`` after a warning naming the available keys.
+
+        A monitor whose direction ``mode="auto"`` cannot tell raises first (see the class).
+        """
+        self.require_monitor_op()
         logs = logs or {}
         current = logs.get(self.monitor)
         if current is None:

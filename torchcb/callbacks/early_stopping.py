@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from torchcb._checks import check_int
 from torchcb.callbacks.base import MonitorCallback
+from torchcb.utils import print_msg
 
 __all__ = ["EarlyStopping"]
 
@@ -26,10 +28,17 @@ class EarlyStopping(MonitorCallback):
         patience: epochs without improvement after which training stops; 0 stops at the
             first epoch that does not improve.
         verbose: 1 prints ``Epoch 00005: early stopping`` and the restore message.
-        mode: ``"auto"``, ``"min"`` or ``"max"`` (see ``MonitorCallback``).
+        mode: ``"auto"``, ``"min"`` or ``"max"``; ``monitor_op`` is ``np.greater`` or
+            ``np.less`` accordingly. ``"auto"`` maximises ``acc``/``accuracy``/``auc`` names
+            and metrics that say higher is better, minimises losses and decreasing metrics,
+            and raises ``ValueError`` at the first epoch end for any other name (a typo such
+            as ``"val_los"``): pass ``mode='max'`` or ``mode='min'`` then.
         baseline: a value to beat. ``best`` starts at it, so every epoch that does not
-            beat it counts towards ``patience`` (Keras 2); if it is never beaten, nothing is
-            restored.
+            beat it counts towards ``patience`` (Keras 2). With ``restore_best_weights``
+            and no epoch beating it, the weights of the best epoch seen are restored all
+            the same (the tf.keras and Keras 3 fix; Keras 2 restored nothing): with
+            ``baseline=0.75`` and ``val_acc`` of ``[0.60, 0.70, 0.65]``, epoch 2's weights
+            come back.
         restore_best_weights: restore the weights of the best epoch at the end of training.
             On torchcb's model the best weights stay on the device (no host copy).
         start_from_epoch: epochs before this one are not monitored at all (warm-up).
@@ -64,12 +73,14 @@ class EarlyStopping(MonitorCallback):
         self.stopped_epoch = 0
         self.best_epoch = 0
         self.best_weights: Any = None
+        self._best_seen: float | None = None  # the best value of this fit, beaten baseline or not
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.wait = 0
         self.stopped_epoch = 0
         self.best_epoch = 0
         self.best_weights = None
+        self._best_seen = None
         self.reset_monitor()
 
     def get_state(self) -> dict[str, Any]:
@@ -82,6 +93,7 @@ class EarlyStopping(MonitorCallback):
             "best": self.best,
             "best_epoch": self.best_epoch,
             "best_weights": weights,
+            "best_seen": self._best_seen,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -89,6 +101,7 @@ class EarlyStopping(MonitorCallback):
         self.stopped_epoch = state["stopped_epoch"]
         self.best = state["best"]
         self.best_epoch = state["best_epoch"]
+        self._best_seen = state.get("best_seen")  # absent from checkpoints of earlier versions
         weights = state["best_weights"]
         self.best_weights = [w.numpy() for w in weights] if isinstance(weights, list) else weights
 
@@ -109,16 +122,23 @@ class EarlyStopping(MonitorCallback):
         )
         if current is None or epoch < self.start_from_epoch:
             return
-        if self.restore_best_weights and self.best_weights is None and self.baseline is None:
+        first = self.best_weights is None
+        if self.restore_best_weights and first:
             self._record_weights()  # the first monitored epoch, even if its value is NaN
             self.best_epoch = epoch
         if self.is_improvement(current, self.best):
-            self.best = current
+            self.best = self._best_seen = current
             self.best_epoch = epoch
             self.wait = 0
             if self.restore_best_weights:
                 self._record_weights()
             return
+        if self._best_seen is None or math.isnan(self._best_seen) or self.is_improvement(current, self._best_seen):
+            # the best epoch so far, short of the baseline: restored if none ever beats it
+            self._best_seen = current
+            self.best_epoch = epoch
+            if self.restore_best_weights and not first:
+                self._record_weights()
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
@@ -126,8 +146,8 @@ class EarlyStopping(MonitorCallback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.stopped_epoch > 0 and self.verbose > 0:
-            print("Epoch %05d: early stopping" % (self.stopped_epoch + 1))
+            print_msg("Epoch %05d: early stopping" % (self.stopped_epoch + 1))
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+                print_msg(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self._restore_weights()

@@ -15,6 +15,7 @@ import torch
 from torchcb import backend as K
 from torchcb._checks import check_int
 from torchcb.callbacks.base import Callback, MonitorCallback
+from torchcb.utils import print_msg
 
 __all__ = ["LearningRateScheduler", "ReduceLROnPlateau", "get_lr", "set_lr"]
 
@@ -85,7 +86,7 @@ class LearningRateScheduler(Callback):
         lr = _as_rate(lr)
         set_lr(self.model, lr)
         if self.verbose > 0:
-            print("\nEpoch %05d: LearningRateScheduler setting learning rate to %s." % (epoch + 1, lr))
+            print_msg("\nEpoch %05d: LearningRateScheduler setting learning rate to %s." % (epoch + 1, lr))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
@@ -114,7 +115,9 @@ class ReduceLROnPlateau(MonitorCallback):
         factor: the multiplier, below 1 (``new_lr = lr * factor``).
         patience: epochs without improvement before a reduction.
         verbose: 1 prints ``Epoch 00005: ReduceLROnPlateau reducing learning rate to 0.0001.``
-        mode: ``"auto"``, ``"min"`` or ``"max"``.
+        mode: ``"auto"``, ``"min"`` or ``"max"``, as EarlyStopping's (``monitor_op`` is
+            ``np.greater`` or ``np.less``; an ``"auto"`` monitor that is neither a loss nor
+            a metric of the fit raises ``ValueError`` at the first epoch end).
         min_delta: the least change that counts as an improvement. ``epsilon=`` is accepted
             as its deprecated Keras 2 name, with a warning.
         cooldown: epochs to wait after a reduction before counting again.
@@ -201,6 +204,6 @@ class ReduceLROnPlateau(MonitorCallback):
                     new_lr = max(old_lr * self.factor, self.min_lr)
                     set_lr(self.model, new_lr)
                     if self.verbose > 0:
-                        print("\nEpoch %05d: ReduceLROnPlateau reducing learning rate to %s." % (epoch + 1, new_lr))
+                        print_msg("\nEpoch %05d: ReduceLROnPlateau reducing learning rate to %s." % (epoch + 1, new_lr))
                     self.cooldown_counter = self.cooldown
                     self.wait = 0

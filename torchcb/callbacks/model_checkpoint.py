@@ -10,6 +10,7 @@ from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import BatchFrequency, MonitorCallback
 from torchcb.checkpoint import check_writable
 from torchcb.distributed import is_main_process
+from torchcb.utils import print_msg
 
 __all__ = ["ModelCheckpoint"]
 
@@ -50,7 +51,10 @@ class ModelCheckpoint(MonitorCallback):
         save_weights_only: save the module's ``state_dict`` (``model.save_weights``) rather
             than the full training checkpoint (``model.save``: module, optimizer, epoch,
             step, RNG states; resume with ``trainer.load_checkpoint``).
-        mode: ``"auto"``, ``"min"`` or ``"max"``, for ``save_best_only``.
+        mode: ``"auto"``, ``"min"`` or ``"max"``, for ``save_best_only`` (``monitor_op`` is
+            ``np.greater`` or ``np.less`` accordingly). In ``"auto"``, a monitor that is
+            neither a loss nor a metric of the fit raises ``ValueError`` at the first save
+            with ``save_best_only``; without it the monitor is not used and nothing is raised.
         period: save every ``period`` epochs (Keras 2).
         save_freq: ``"epoch"``, or a number of batches between saves (Keras 3).
         initial_value_threshold: the value the monitor must beat for the first save.
@@ -183,16 +187,16 @@ class ModelCheckpoint(MonitorCallback):
                 return
             if not self.is_improvement(current, self.best):
                 if self.verbose > 0:
-                    print("\nEpoch %05d: %s did not improve from %0.5f" % (epoch + 1, self.monitor, self.best))
+                    print_msg("\nEpoch %05d: %s did not improve from %0.5f" % (epoch + 1, self.monitor, self.best))
                 return
             if self.verbose > 0:
-                print(
+                print_msg(
                     "\nEpoch %05d: %s improved from %0.5f to %0.5f, saving model to %s"
                     % (epoch + 1, self.monitor, self.best, current, filepath)
                 )
             self.best = current
         elif self.verbose > 0:
-            print("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
+            print_msg("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
         if self.save_weights_only:
             self.model.save_weights(filepath, overwrite=True)
         else:

@@ -64,7 +64,11 @@ class TensorBoard(Callback):
         embeddings_data: inputs whose layer outputs are projected.
         update_freq: ``"epoch"``; ``"batch"`` to also write ``batch_<key>`` every batch;
             or an int: every that many **samples** (Keras 2), at the step of samples seen.
-        write_steps_per_second: also write ``epoch_steps_per_second``.
+        write_steps_per_second: also write ``epoch_steps_per_second`` (training batches per
+            second of the epoch) and, when ``update_freq`` writes batch scalars,
+            ``batch_steps_per_second`` beside them: the batches since the last batch write
+            over the time they took (with ``update_freq="batch"``, each batch's own rate),
+            as Keras 3 writes both.
         profile_batch: only 0 (profiling belongs to ``torch.profiler``).
 
     Writers are flushed every epoch and closed at the end of training, and when training
@@ -126,6 +130,8 @@ class TensorBoard(Callback):
         self._graph_written = False
         self._epoch_start = 0.0
         self._epoch_batches = 0
+        self._batch_write_time = 0.0  # when the last batch scalars were written (or the epoch began)
+        self._batch_write_batches = 0  # the epoch's batch count then
         if self.update_freq != "epoch" or write_graph or write_steps_per_second:
             # only then does it listen to batches: an unused hook costs nothing
             self.on_train_batch_end = self._on_train_batch_end
@@ -192,8 +198,8 @@ class TensorBoard(Callback):
         self._first_epoch_of_fit = True
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch_start = time.time()
-        self._epoch_batches = 0
+        self._epoch_start = self._batch_write_time = time.time()
+        self._epoch_batches = self._batch_write_batches = 0
 
     def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._epoch_batches += 1
@@ -210,6 +216,11 @@ class TensorBoard(Callback):
         if self._samples_seen - self._samples_seen_at_last_write >= self.update_freq:
             self._samples_seen_at_last_write = self._samples_seen
             scalars = {f"batch_{k}": float(v) for k, v in logs.items() if k not in _SKIPPED_KEYS}
+            if self.write_steps_per_second:
+                now = time.time()
+                batches = self._epoch_batches - self._batch_write_batches
+                scalars["batch_steps_per_second"] = batches / max(now - self._batch_write_time, 1e-9)
+                self._batch_write_time, self._batch_write_batches = now, self._epoch_batches
             self._scalars("train", scalars, self._samples_seen)
 
     def _epoch_step(self, epoch: int) -> int:

@@ -11,6 +11,7 @@ import torch
 from torchcb._checks import check_int
 from torchcb.callbacks.base import Callback
 from torchcb.logs import read_floats
+from torchcb.utils import print_msg
 
 __all__ = ["TerminateOnNaN"]
 
@@ -116,5 +117,5 @@ class TerminateOnNaN(Callback):
                 raise RuntimeError(
                     f"NaN or Inf loss encountered at batch {batch}. Loss value: {loss}. Terminating training immediately."
                 )
-            print("Batch %d: Invalid loss, terminating training" % batch)
+            print_msg("Batch %d: Invalid loss, terminating training" % batch)
             self.model.stop_training = True
