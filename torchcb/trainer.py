@@ -165,10 +165,20 @@ class Trainer(Steps, Checkpointing):
     ) -> History:
         """Train for ``epochs`` epochs, with the Keras 2 ``fit`` signature; returns the History.
 
-        Everything is checked before any hook runs: a bad argument raises ``ValueError``
-        naming it. ``validation_split`` takes the last fraction of in-memory arrays before
-        shuffling; ``validation_data`` is ``(x, y)``, ``(x, y, sample_weight)``, a Dataset,
-        a DataLoader or an iterable of batches.
+        Everything the arguments show is checked before any hook runs: a bad argument raises
+        ``ValueError`` naming it (negative labels under ``sparse_categorical_crossentropy`` and
+        dict keys ``forward`` does not take included). ``validation_split`` takes the last
+        fraction of in-memory arrays before shuffling; ``validation_data`` is ``(x, y)``,
+        ``(x, y, sample_weight)``, a Dataset, a DataLoader or an iterable of batches.
+
+        The module runs only in batches. The first batch checks its outputs before its loss:
+        targets that cannot fit them under a Keras loss name, or labels past the number of
+        outputs, raise ``ValueError``; under ``mse``, ``mae`` and ``binary_crossentropy``, rank-1
+        targets against rank-2 outputs become ``(N, 1)`` and are broadcast, as tf.keras does
+        (a warning names both shapes). Each submodule keeps its own train/eval mode (a frozen
+        BatchNorm stays frozen); validation, ``evaluate`` and ``predict`` put every mode back
+        after, even on an error; a module wholly in eval mode trains in training mode and goes
+        back to eval after. A module with nothing to train runs its batches and steps nothing.
 
         Example:
             >>> import numpy as np, torch
@@ -367,11 +377,8 @@ class Trainer(Steps, Checkpointing):
         return self.model.stop_training
 
     def _test_loop(self, source: Source, callbacks: CallbackList) -> dict[str, float]:
-        """Run the test hooks over ``source``; returns the size-weighted averages of the step's logs.
-
-        The module runs in eval mode; each submodule's own mode is put back after, also on an error.
-        """
-        modes = module_modes(self.module)
+        """Run the test hooks over ``source``; returns the size-weighted averages of the step's logs."""
+        modes = module_modes(self.module)  # each submodule's own mode, put back after, even on an error
         self.module.eval()
         try:
             self._reset_stateful_metrics()
