@@ -133,3 +133,41 @@ def test_torchmetrics_metric_works():
 def test_duplicate_metric_names_are_refused():
     with pytest.raises(ValueError, match="mse appears twice"):
         make_trainer(metrics=["mse", "mse"])
+
+
+@pytest.mark.parametrize(
+    "name, torch_loss",
+    [
+        ("mse", torch.nn.functional.mse_loss),
+        ("mae", torch.nn.functional.l1_loss),
+        ("binary_crossentropy", torch.nn.functional.binary_cross_entropy_with_logits),
+    ],
+)
+def test_element_wise_losses_expand_rank_1_targets_and_broadcast_them_as_tf_keras(name, torch_loss):
+    logits, target = torch.randn(4, 3), torch.randint(0, 2, (4,)).float()
+    broadcast = target[:, None].expand(4, 3)  # tf.keras: (4,) -> (4, 1), then broadcast against (4, 3)
+    loss = resolve_loss(name)
+    assert float(loss(logits, target)) == pytest.approx(float(torch_loss(logits, broadcast)), rel=1e-6)
+    per_sample = torch_loss(logits, broadcast, reduction="none").mean(dim=1)
+    assert torch.allclose(loss.per_sample(logits, target), per_sample)
+    wide = torch.randint(0, 2, (4, 3)).float()  # outputs of one column against three: both broadcast
+    assert float(loss(logits[:, :1], wide)) == pytest.approx(float(torch_loss(logits[:, :1].expand(4, 3), wide)))
+    metric = _metric("mse" if name != "binary_crossentropy" else "binary_accuracy")
+    assert metric(logits, target).shape == ()
+
+
+def test_target_check_takes_what_keras_broadcasts_and_refuses_what_keras_refuses():
+    from torchcb.metrics import target_broadcast, target_mismatch
+
+    outputs = torch.zeros(2, 10)
+    for loss in ("mse", "mae", "binary_crossentropy"):
+        assert target_mismatch(loss, outputs, torch.zeros(2), samples=5) is None
+        assert target_mismatch(loss, torch.zeros(2, 4, 1), torch.zeros(2, 4, 3), samples=5) is None
+        assert "y of shape (5, 3) does not fit" in target_mismatch(loss, outputs, torch.zeros(2, 3), samples=5)
+        assert "y of shape (5, 2, 10) does not fit" in target_mismatch(loss, outputs, torch.zeros(2, 2, 10), samples=5)
+    assert target_broadcast("mse", torch.zeros(2, 4, 1), torch.zeros(2, 4, 3), samples=5) == (
+        "y of shape (5, 4, 3) is matched to the module's outputs of shape (5, 4, 1) as Keras matches them under loss "
+        "'mse': broadcast to (5, 4, 3)."
+    )
+    assert target_broadcast("mse", outputs, torch.zeros(2, 10), samples=5) is None
+    assert "y of shape (5,) does not fit" in target_mismatch("categorical_crossentropy", outputs, torch.zeros(2), 5)

@@ -569,8 +569,8 @@ def test_a_module_that_embeds_indices_keeps_integer_inputs():
     [
         (
             "mse",
-            np.zeros(16, np.float32),
-            "y of shape (16,) does not fit the module's outputs of shape (16, 10) under loss 'mse'",
+            np.zeros((16, 3), np.float32),
+            "y of shape (16, 3) does not fit the module's outputs of shape (16, 10) under loss 'mse'",
         ),
         (
             "categorical_crossentropy",
@@ -580,12 +580,15 @@ def test_a_module_that_embeds_indices_keeps_integer_inputs():
         ("sparse_categorical_crossentropy", np.zeros((16, 10), np.float32), "y of shape (16, 10) does not fit"),
     ],
 )
-def test_targets_that_cannot_fit_the_outputs_under_a_keras_loss_fail_before_training(loss, y, message):
+def test_targets_that_cannot_fit_the_outputs_fail_at_the_first_batch_before_any_step(loss, y, message):
     trainer = make_trainer(classes=10, metrics=(), loss=loss)
+    before = [p.detach().clone() for p in trainer.module.parameters()]
     rec = Recorder()
     with pytest.raises(ValueError) as error:
         trainer.fit(np.zeros((16, 4), np.float32), y, verbose=0, callbacks=[rec])
-    assert message in str(error.value) and rec.calls == []
+    assert message in str(error.value)
+    assert [call[0] for call in rec.calls] == ["on_train_begin", "on_epoch_begin", "on_train_batch_begin"]
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.module.parameters()))
 
 
 def test_targets_that_fit_pass_the_check():
@@ -601,3 +604,201 @@ def test_targets_that_fit_pass_the_check():
     make_trainer(classes=10, metrics=(), loss="sparse_categorical_crossentropy").fit(
         np.zeros((16, 4), np.float32), np.zeros((16, 1), np.int64), verbose=0
     )
+
+
+class _ForwardCounter:
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.calls += 1
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "mse"])
+def test_fit_calls_the_module_once_per_trained_and_validation_batch(loss):
+    trainer = make_trainer(metrics=(), loss=loss)
+    counter = _ForwardCounter(trainer.module)
+    x, y = make_data(10)
+    y = y if loss != "mse" else np.eye(2, dtype=np.float32)[y]
+    rec = Recorder()
+    trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_data=(x[:6], y[:6]), callbacks=[rec])
+    assert counter.calls == rec.count("on_train_batch_end") + rec.count("on_test_batch_end") == 3 * 2 + 2 * 2
+
+
+def test_negative_labels_under_a_sparse_loss_are_refused_before_any_hook_or_file(tmp_path):
+    from torchcb.callbacks import CSVLogger
+
+    trainer = make_trainer()
+    counter = _ForwardCounter(trainer.module)
+    x, y = make_data(10)
+    y[7] = -1
+    rec = Recorder()
+    with pytest.raises(ValueError, match="y holds the negative label -1; loss 'sparse_categorical_crossentropy'"):
+        trainer.fit(x, y, verbose=0, callbacks=[rec, CSVLogger(str(tmp_path / "log.csv"))])
+    with pytest.raises(ValueError, match="validation y holds the negative label -3"):
+        trainer.fit(*make_data(10), verbose=0, validation_data=(x[:2], np.array([0, -3])), callbacks=[rec])
+    assert rec.calls == [] and counter.calls == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_dict_inputs_with_keys_forward_does_not_take_are_refused_before_any_hook_or_file(tmp_path):
+    from torchcb.callbacks import CSVLogger
+
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+
+        def forward(self, image, mask=None):
+            return self.linear(image if mask is None else image * mask)
+
+    net = Masked()
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="sparse_categorical_crossentropy")
+    counter = _ForwardCounter(net)
+    x, y = make_data(8)
+    rec = Recorder()
+    with pytest.raises(ValueError, match=r"x has the key 'maks', which the module's forward\(image, mask=None\)"):
+        trainer.fit({"image": x, "maks": x}, y, verbose=0, callbacks=[rec, CSVLogger(str(tmp_path / "log.csv"))])
+    with pytest.raises(ValueError, match="validation x has no key 'image', which the module's forward"):
+        trainer.fit({"image": x}, y, verbose=0, validation_data=({"mask": x}, y), callbacks=[rec])
+    assert rec.calls == [] and counter.calls == 0 and list(tmp_path.iterdir()) == []
+    assert len(trainer.fit({"image": x, "mask": x}, y, verbose=0).history["loss"]) == 1
+
+
+def test_labels_past_the_class_count_raise_a_value_error_naming_y_the_label_and_the_classes():
+    trainer = make_trainer(classes=3, metrics=())
+    before = [p.detach().clone() for p in trainer.module.parameters()]
+    x, y = make_data(10, classes=3)
+    y[9] = 3  # in the last batch: the check covers every label of the data at the first batch
+    expected = r"y holds the label 3, but the module has 3 outputs \(classes 0 to 2\)"
+    with pytest.raises(ValueError, match=expected):
+        trainer.fit(x, y, batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match="validation " + expected.replace("3,", "5,")):
+        trainer.fit(x[:8], y[:8], batch_size=4, verbose=0, validation_data=(x[:2], np.array([0, 5])))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.module.parameters()))
+
+
+def _batchnorm_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)
+    )
+
+
+def _modes(module):
+    return [m.training for m in module.modules()]
+
+
+def test_a_frozen_batchnorm_keeps_its_eval_mode_and_running_stats_through_fit():
+    net = _batchnorm_net()
+    net[1].eval()  # frozen, as when fine-tuning a pretrained backbone
+    stats = {k: v.clone() for k, v in net[1].named_buffers()}  # running mean, variance, batch count
+    seen = []
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="sparse_categorical_crossentropy")
+    probe = Callback()
+    probe.on_train_batch_begin = lambda batch, logs=None: seen.append(_modes(net))
+    x, y = make_data(16)
+    trainer.fit(x, y, batch_size=4, epochs=3, verbose=0, validation_data=make_data(8), callbacks=[probe])
+    assert seen == [[True, True, False, True, True]] * 12  # training mode, but for the frozen BatchNorm
+    assert all(torch.equal(stats[k], v) for k, v in net[1].named_buffers())
+    assert _modes(net) == [True, True, False, True, True]
+
+
+def test_fit_evaluate_and_predict_put_every_submodule_mode_back_also_when_a_callback_raises():
+    net = _batchnorm_net()
+    net[1].eval()
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="sparse_categorical_crossentropy")
+    x, y = make_data(8)
+    frozen = _modes(net)
+    trainer.fit(x, y, epochs=1, verbose=0, validation_data=(x, y))
+    trainer.evaluate(x, y, verbose=0)
+    trainer.predict(x)
+    assert _modes(net) == frozen
+
+    class Boom(Callback):
+        def __init__(self, hook):
+            super().__init__()
+            setattr(self, hook, self.boom)
+
+        def boom(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    for call, hook in [
+        (
+            lambda cb: trainer.fit(x, y, epochs=1, verbose=0, validation_data=(x, y), callbacks=[cb]),
+            "on_test_batch_end",
+        ),
+        (lambda cb: trainer.fit(x, y, epochs=1, verbose=0, callbacks=[cb]), "on_train_batch_end"),
+        (lambda cb: trainer.evaluate(x, y, verbose=0, callbacks=[cb]), "on_test_batch_end"),
+        (lambda cb: trainer.predict(x, callbacks=[cb]), "on_predict_batch_end"),
+    ]:
+        with pytest.raises(RuntimeError, match="boom"):
+            call(Boom(hook))
+        assert _modes(net) == frozen, hook
+
+
+def test_a_module_in_eval_mode_trains_in_training_mode_and_goes_back_to_eval():
+    net = _batchnorm_net().eval()
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="sparse_categorical_crossentropy")
+    seen = []
+    probe = Callback()
+    probe.on_train_batch_begin = lambda batch, logs=None: seen.append(_modes(net))
+    trainer.fit(*make_data(8), batch_size=4, epochs=2, verbose=0, validation_data=make_data(4), callbacks=[probe])
+    assert seen == [[True] * 5] * 4
+    assert _modes(net) == [False] * 5
+
+
+class _Doubler(torch.nn.Module):
+    """A module with no parameter at all."""
+
+    def forward(self, x):
+        return x[:, :2] * 2
+
+
+@pytest.mark.parametrize("options", [{}, {"clipnorm": 1.0}, {"accumulate_steps": 2}])
+@pytest.mark.parametrize("frozen", ["parameters frozen", "no parameter"])
+def test_a_module_with_nothing_to_train_fits_runs_its_hooks_and_steps_nothing(frozen, options):
+    if frozen == "no parameter":
+        net = _Doubler()
+        weights = [torch.nn.Parameter(torch.ones(3))]  # the optimizer holds a parameter the module never uses
+    else:
+        net = torch.nn.Linear(4, 2).requires_grad_(False)
+        weights = list(net.parameters())
+    before = [w.detach().clone() for w in weights]
+    trainer = Trainer(
+        net, torch.optim.SGD(weights, lr=0.1, momentum=0.9), loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"], **options,
+    )  # fmt: skip
+    rec = Recorder()
+    x, y = make_data(10)
+    with pytest.warns(UserWarning, match="The module has no trainable parameter"):
+        history = trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_data=(x, y), callbacks=[rec])
+    expected = trainer.evaluate(x, y, verbose=0, return_dict=True)
+    assert history.history["val_loss"] == pytest.approx([expected["loss"]] * 2)
+    assert len(history.history["loss"]) == 2 and all(np.isfinite(history.history["loss"]))
+    assert rec.count("on_train_batch_end") == 6 and rec.count("on_epoch_end") == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, weights))
+
+
+def test_a_callback_keeps_its_own_validation_data_when_fit_has_none():
+    x_val, y_val = make_data(4)
+    seen = []
+
+    class F1(Callback):  # as tf.keras-era callbacks are written
+        def __init__(self, validation_data):
+            super().__init__()
+            self.validation_data = validation_data
+
+        def on_batch_end(self, batch, logs=None):
+            seen.append(len(self.validation_data[0]))
+
+    callback = F1((x_val, y_val))
+    trainer = make_trainer()
+    trainer.fit(*make_data(8), batch_size=4, epochs=1, verbose=0, callbacks=[callback])
+    assert seen == [4, 4] and callback.validation_data[0] is x_val
+    trainer.fit(*make_data(8), batch_size=4, epochs=1, verbose=0, callbacks=[callback], validation_data=make_data(6))
+    assert seen[2:] == [6, 6] and len(callback.validation_data) == 3  # K2 layout: x, y, sample weights
+    plain = Callback()
+    trainer.fit(*make_data(8), epochs=1, verbose=0, callbacks=[plain], validation_data=make_data(6))
+    trainer.fit(*make_data(8), epochs=1, verbose=0, callbacks=[plain])
+    assert plain.validation_data is None  # the arrays an earlier fit gave are taken back

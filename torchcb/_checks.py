@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 
@@ -36,3 +37,45 @@ def check_verbose(verbose: Any) -> int:
     if verbose not in (0, 1, 2):  # True and False are 1 and 0, as Keras takes them
         raise ValueError(f"verbose must be 0, 1, 2, True, False or 'auto', got {verbose!r}.")
     return int(verbose)
+
+
+def check_forward_keys(module: Any, inputs: dict[str, Any], argument: str) -> None:
+    """Refuse dict inputs whose keys ``module.forward`` does not take, or that leave out one it needs.
+
+    A ``forward`` with ``**kwargs`` takes any key; one whose signature cannot be read is not checked.
+
+    Example:
+        >>> import torch
+        >>> class Pair(torch.nn.Module):
+        ...     def forward(self, left, right=None):
+        ...         return left
+        >>> check_forward_keys(Pair(), {"left": 1, "rigth": 2}, "x")
+        Traceback (most recent call last):
+        ...
+        ValueError: x has the key 'rigth', which the module's forward(left, right=None) does not take.
+    """
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return
+    parameters = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = [key for key in inputs if key not in named]
+    if unknown:
+        keys = ", ".join(repr(key) for key in unknown)
+        raise ValueError(
+            f"{argument} has the key{'s' if len(unknown) > 1 else ''} {keys}, which the module's "
+            f"forward{signature} does not take."
+        )
+    missing = [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in inputs
+    ]
+    if missing:
+        raise ValueError(
+            f"{argument} has no key {missing[0]!r}, which the module's forward{signature} needs "
+            f"(its keys: {', '.join(repr(key) for key in inputs)})."
+        )

@@ -44,6 +44,7 @@ __all__ = [
     "StatefulMetric",
     "resolve_loss",
     "resolve_metrics",
+    "target_broadcast",
     "target_mismatch",
 ]
 
@@ -55,23 +56,57 @@ def _reduce_per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], -1).mean(dim=1)
 
 
-def _float_like(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    target = target.to(like.dtype)
-    if target.shape != like.shape and target.numel() == like.numel():
-        target = target.reshape(like.shape)
-    return target
+def _keras_ranks(pred_shape: tuple[int, ...], true_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The two shapes after Keras' rank matching: rank-1 targets against rank-2 outputs become
+    ``(N, 1)`` (tf.keras ``match_dtype_and_rank``); otherwise a trailing axis of size 1 on the
+    side with one more axis is dropped (``squeeze_or_expand_to_same_rank``)."""
+    if len(true_shape) == 1 and len(pred_shape) == 2:
+        return pred_shape, (*true_shape, 1)
+    if len(pred_shape) == len(true_shape) + 1 and pred_shape[-1] == 1:
+        return pred_shape[:-1], true_shape
+    if len(true_shape) == len(pred_shape) + 1 and true_shape[-1] == 1:
+        return pred_shape, true_shape[:-1]
+    return pred_shape, true_shape
+
+
+def _broadcast_shape(pred_shape: tuple[int, ...], true_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape an element-wise Keras loss compares outputs and targets at, or ``None`` if Keras refuses them."""
+    pred_shape, true_shape = _keras_ranks(pred_shape, true_shape)
+    if len(pred_shape) != len(true_shape) or not pred_shape or pred_shape[0] != true_shape[0]:
+        return None
+    if any(p != t and 1 not in (p, t) for p, t in zip(pred_shape, true_shape)):
+        return None
+    return tuple(max(p, t) for p, t in zip(pred_shape, true_shape))
+
+
+def _match(y_pred: torch.Tensor, y_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs and float targets of one shape, for an element-wise loss or metric.
+
+    Targets of the outputs' shape, or of as many elements per sample (``(N,)`` for ``(N, 1)``),
+    are taken as they are; other shapes are matched as Keras matches them (rank-1 targets
+    against rank-2 outputs become ``(N, 1)``), then broadcast. ``fit`` refuses, at its first
+    batch, shapes that Keras refuses.
+    """
+    y_true = y_true.to(y_pred.dtype)
+    if y_true.shape == y_pred.shape:
+        return y_pred, y_true
+    if y_true.numel() == y_pred.numel():
+        return y_pred, y_true.reshape(y_pred.shape)
+    pred_shape, true_shape = _keras_ranks(tuple(y_pred.shape), tuple(y_true.shape))
+    y_pred, y_true = torch.broadcast_tensors(y_pred.reshape(pred_shape), y_true.reshape(true_shape))
+    return y_pred, y_true
 
 
 def _mse(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(y_pred, _float_like(y_true, y_pred), reduction="none")
+    return F.mse_loss(*_match(y_pred, y_true), reduction="none")
 
 
 def _mae(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-    return F.l1_loss(y_pred, _float_like(y_true, y_pred), reduction="none")
+    return F.l1_loss(*_match(y_pred, y_true), reduction="none")
 
 
 def _binary_crossentropy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(y_pred, _float_like(y_true, y_pred), reduction="none")
+    return F.binary_cross_entropy_with_logits(*_match(y_pred, y_true), reduction="none")
 
 
 def _categorical_crossentropy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
@@ -88,11 +123,25 @@ def _sparse_labels(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
     return y_true if y_true.dtype == torch.long else y_true.long()
 
 
+def _mse_mean(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(p, t.to(p.dtype)) if t.shape == p.shape else F.mse_loss(*_match(p, t))
+
+
+def _mae_mean(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(p, t.to(p.dtype)) if t.shape == p.shape else F.l1_loss(*_match(p, t))
+
+
+def _binary_crossentropy_mean(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if t.shape == p.shape:
+        return F.binary_cross_entropy_with_logits(p, t.to(p.dtype))
+    return F.binary_cross_entropy_with_logits(*_match(p, t))
+
+
 # The batch-mean forms, used when samples are not weighted: one fused kernel, as a hand loop has.
 _MEAN_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mse": lambda p, t: F.mse_loss(p, _float_like(t, p)),
-    "mae": lambda p, t: F.l1_loss(p, _float_like(t, p)),
-    "binary_crossentropy": lambda p, t: F.binary_cross_entropy_with_logits(p, _float_like(t, p)),
+    "mse": _mse_mean,
+    "mae": _mae_mean,
+    "binary_crossentropy": _binary_crossentropy_mean,
     "categorical_crossentropy": lambda p, t: F.cross_entropy(p, t.to(p.dtype)),
     "sparse_categorical_crossentropy": lambda p, t: F.cross_entropy(
         p, t if (t.dtype is torch.long and t.ndim == 1) else _sparse_labels(p, t)
@@ -175,13 +224,17 @@ def target_mismatch(loss: str, y_pred: Any, y_true: Any, samples: int) -> str | 
     """Why targets shaped like ``y_true`` cannot fit outputs like ``y_pred`` under the Keras loss ``loss``.
 
     ``None`` when they fit, or when the loss is not a Keras name (a callable checks its own).
-    ``samples`` is how many rows ``y`` has, for the message.
+    ``y_pred`` and ``y_true`` are one batch's; ``samples`` is how many rows ``y`` has, for the
+    message. The element-wise losses (``mse``, ``mae``, ``binary_crossentropy``) take what
+    Keras takes: targets of the outputs' shape or with as many values per sample, rank-1
+    targets against rank-2 outputs (expanded to ``(N, 1)``, then broadcast, as tf.keras does
+    for the seed examples), and shapes that broadcast once their ranks are matched.
 
     Example:
         >>> import torch
-        >>> print(target_mismatch("mse", torch.zeros(2, 10), torch.zeros(2), samples=64))
-        y of shape (64,) does not fit the module's outputs of shape (64, 10) under loss 'mse', which compares them element by element: pass targets shaped like the outputs (one-hot encode class labels), or use loss='sparse_categorical_crossentropy' for integer labels.
-        >>> target_mismatch("mse", torch.zeros(2, 1), torch.zeros(2), samples=64) is None
+        >>> print(target_mismatch("mse", torch.zeros(2, 10), torch.zeros(2, 3), samples=64))
+        y of shape (64, 3) does not fit the module's outputs of shape (64, 10) under loss 'mse', which compares them element by element: pass targets shaped like the outputs (one-hot encode class labels), or use loss='sparse_categorical_crossentropy' for integer labels.
+        >>> target_mismatch("mse", torch.zeros(2, 10), torch.zeros(2), samples=64) is None
         True
     """
     if loss not in _LOSSES or not isinstance(y_pred, torch.Tensor) or not isinstance(y_true, torch.Tensor):
@@ -201,7 +254,7 @@ def target_mismatch(loss: str, y_pred: Any, y_true: Any, samples: int) -> str | 
             "loss='sparse_categorical_crossentropy'"
         )
     else:  # mse, mae, binary_crossentropy
-        if math.prod(true) == math.prod(pred):
+        if math.prod(true) == math.prod(pred) or _broadcast_shape(tuple(y_pred.shape), tuple(y_true.shape)):
             return None
         hint = (
             "which compares them element by element: pass targets shaped like the outputs (one-hot encode class "
@@ -210,6 +263,38 @@ def target_mismatch(loss: str, y_pred: Any, y_true: Any, samples: int) -> str | 
     return (
         f"y of shape {(samples, *true)} does not fit the module's outputs of shape {(samples, *pred)} under loss "
         f"{loss!r}, {hint}."
+    )
+
+
+def target_broadcast(loss: str, y_pred: Any, y_true: Any, samples: int) -> str | None:
+    """How Keras matches targets shaped like ``y_true`` to outputs like ``y_pred`` under ``loss``,
+    when it takes them by expanding and broadcasting (else ``None``): the text of ``fit``'s warning.
+
+    Example:
+        >>> import torch
+        >>> print(target_broadcast("mse", torch.zeros(2, 10), torch.zeros(2), samples=5))
+        y of shape (5,) is matched to the module's outputs of shape (5, 10) as Keras matches them under loss 'mse': expanded to (5, 1), then broadcast to (5, 10).
+        >>> target_broadcast("mse", torch.zeros(2, 1), torch.zeros(2), samples=5) is None
+        True
+    """
+    if loss not in ("mse", "mean_squared_error", "mae", "mean_absolute_error", "binary_crossentropy"):
+        return None
+    if not isinstance(y_pred, torch.Tensor) or not isinstance(y_true, torch.Tensor) or y_pred.dim() == 0:
+        return None
+    if y_true.dim() == 0 or y_true.shape[1:].numel() == y_pred.shape[1:].numel():
+        return None
+    shape = _broadcast_shape(tuple(y_pred.shape), tuple(y_true.shape))
+    if shape is None:
+        return None
+    pred_rows, true_rows = _keras_ranks(tuple(y_pred.shape), tuple(y_true.shape))
+    pred, true = (samples, *pred_rows[1:]), (samples, *true_rows[1:])
+    how = f"expanded to {true}, then " if true_rows != tuple(y_true.shape) else ""
+    if pred_rows != tuple(y_pred.shape):
+        how += f"the outputs taken as {pred}, then "
+    return (
+        f"y of shape {(samples, *y_true.shape[1:])} is matched to the module's outputs of shape "
+        f"{(samples, *y_pred.shape[1:])} as Keras matches them under loss {loss!r}: {how}broadcast to "
+        f"{(samples, *shape[1:])}."
     )
 
 
@@ -224,7 +309,8 @@ def _labels(y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
 
 def binary_accuracy(y_pred: torch.Tensor, y_true: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Fraction of outputs on the right side of ``threshold`` (use 0 for logits)."""
-    return ((y_pred > threshold) == (_float_like(y_true, y_pred) > 0.5)).float().mean()
+    y_pred, y_true = _match(y_pred, y_true)
+    return ((y_pred > threshold) == (y_true > 0.5)).float().mean()
 
 
 def categorical_accuracy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:

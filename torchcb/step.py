@@ -25,20 +25,46 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from torchcb._checks import check_int
+from torchcb._checks import check_forward_keys, check_int
 from torchcb.data import ArraySource, Batch, Source
-from torchcb.metrics import KNOWN_LOSSES, resolve_loss, resolve_metrics, target_mismatch
-from torchcb.tree import tree_map
+from torchcb.metrics import KNOWN_LOSSES, resolve_loss, resolve_metrics, target_broadcast, target_mismatch
 
-__all__ = ["PRECISIONS", "Steps"]
+__all__ = ["PRECISIONS", "Steps", "module_modes", "set_modes"]
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 _NO_AUTOCAST = contextlib.nullcontext()
+_SPARSE = "sparse_categorical_crossentropy"
+
+
+def module_modes(module: torch.nn.Module) -> list[tuple[torch.nn.Module, bool]]:
+    """Each submodule with its training flag, for :func:`set_modes` to put back after a switch.
+
+    A module's ``train()``/``eval()`` set every submodule; a submodule the user froze in eval
+    mode (a BatchNorm, a backbone) keeps its mode only if the flags are put back one by one.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        >>> _ = net[1].eval()
+        >>> modes = module_modes(net)
+        >>> _ = net.eval()
+        >>> set_modes(modes)
+        >>> net.training, net[1].training
+        (True, False)
+    """
+    return [(submodule, submodule.training) for submodule in module.modules()]
+
+
+def set_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    """Put back the training flags :func:`module_modes` captured."""
+    for submodule, training in modes:
+        submodule.training = training
 
 
 class Steps:
@@ -110,6 +136,8 @@ class Steps:
         )
         self.time_decay = 0.0  # Keras 2's optimizer decay: set through model.optimizer.decay
         self.optimizer_steps = 0
+        self._module_trains = True  # whether the module has a parameter to train (decided at each fit)
+        self._target_check: tuple[Source, Source | None] | None = None  # the sources the first batch checks
         self._choose_update()
 
     def _choose_update(self) -> None:
@@ -122,7 +150,8 @@ class Steps:
             and self.scaler is None
             and not self.time_decay
         )
-        self._fast_step = self._plain_update and self._autocast_dtype is None
+        # a module with nothing to train takes the general path, which steps only a loss with gradients
+        self._fast_step = self._plain_update and self._autocast_dtype is None and self._module_trains
 
     def set_time_decay(self, decay: float) -> None:
         """Keras 2's ``decay``: each optimizer step then uses ``lr / (1 + decay * iterations)``."""
@@ -155,7 +184,13 @@ class Steps:
         return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
     def apply_gradients(self, loss: torch.Tensor) -> None:
-        """Backward pass, then clipping and the optimizer step (every ``accumulate_steps`` batches)."""
+        """Backward pass, then clipping and the optimizer step (every ``accumulate_steps`` batches).
+
+        A loss without gradients (a module with no trainable parameter, as Keras trains one)
+        steps nothing.
+        """
+        if not loss.requires_grad:
+            return
         if self._plain_update:  # the common case, with nothing in between
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -278,20 +313,95 @@ class Steps:
             if metric.stateful:
                 metric.reset()  # type: ignore[attr-defined]
 
-    def check_targets(self, train: Source) -> None:
-        """With a Keras loss name and in-memory data, run the module once on two samples (in eval
-        mode, without gradients) and refuse targets whose shape cannot fit its outputs."""
-        if not isinstance(train, ArraySource) or not isinstance(train.y, torch.Tensor):
+    def check_data(self, train: Source, val: Source | None) -> None:
+        """Refuse, before any hook runs, what the in-memory data and the module's signature show
+        alone: negative labels under ``sparse_categorical_crossentropy``, and dict inputs whose keys
+        ``forward`` does not take. (Shapes and labels past the class count need the module's
+        outputs: the first batch checks them, see :meth:`begin_fit_steps`.)"""
+        default_step = type(self).train_step is Steps.train_step and "train_step" not in self.__dict__
+        for source, argument in ((train, "y"), (val, "validation y")):
+            if not isinstance(source, ArraySource):
+                continue
+            if default_step and isinstance(source.x, dict):
+                check_forward_keys(self.module, source.x, "x" if source is train else "validation x")
+            y = source.y
+            if self.loss.name == _SPARSE and isinstance(y, torch.Tensor) and y.numel():
+                lowest = y.min().item()  # once per fit, before training
+                if lowest < 0:
+                    raise ValueError(
+                        f"{argument} holds the negative label {_number(lowest)}; loss {_SPARSE!r} takes class "
+                        "indices from 0 to the number of outputs - 1."
+                    )
+
+    def begin_fit_steps(self, train: Source, val: Source | None) -> None:
+        """Set this fit's steps up: the first batch checks its targets against the module's outputs
+        (then later batches take the plain step, with no check), and a module with no trainable
+        parameter steps nothing (a warning says so, as Keras 3 does)."""
+        self._module_trains = any(p.requires_grad for p in self.module.parameters())
+        self._choose_update()
+        if not self._module_trains:
+            warnings.warn(
+                "The module has no trainable parameter: fit runs its batches, metrics and callbacks and steps nothing.",
+                stacklevel=3,
+            )
+        default_step = type(self).train_step is Steps.train_step and "train_step" not in self.__dict__
+        if default_step and self.loss.name in KNOWN_LOSSES:
+            self._target_check = (train, val)
+            self.train_step = self._first_train_step  # type: ignore[method-assign]
+
+    def end_fit_steps(self) -> None:
+        """Undo :meth:`begin_fit_steps` at the end of a fit, however it ends."""
+        if self.__dict__.get("train_step") == self._first_train_step:
+            del self.train_step
+        self._target_check = None
+        self._module_trains = True
+        self._choose_update()
+
+    def _first_train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The default step, with the outputs checked against the targets before the loss: the
+        first batch of a fit takes it, then :meth:`train_step` itself runs, with no check."""
+        del self.train_step  # the batches after this one take the plain step
+        x, y, sample_weight, _ = batch
+        with self.autocast():
+            y_pred = self.forward(x, training=True)
+            self._check_outputs(y_pred, y)
+            loss = self._train_loss(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
+        self.apply_gradients(loss)
+        if not self.metric_objects:
+            return {"loss": loss.detach()}
+        return self.compute_metrics(y_pred, y, loss)
+
+    def _check_outputs(self, y_pred: Any, y: Any) -> None:
+        """The first batch's check: targets that cannot fit the outputs under the Keras loss, and
+        class labels past the outputs' count, raise ``ValueError``; targets that Keras expands
+        and broadcasts to the outputs give a warning naming both shapes."""
+        train, val = self._target_check
+        self._target_check = None
+        if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
             return
-        if self.loss.name not in KNOWN_LOSSES or type(self).train_step is not Steps.train_step:
-            return  # a callable loss, or a step of the user's own, decides what fits
-        was_training = self.module.training
-        self.module.eval()
-        try:
-            with torch.no_grad(), self.autocast():
-                y_pred = self.forward(tree_map(lambda t: t[:2], train.x), module=self.module)
-        finally:
-            self.module.train(was_training)
-        mismatch = target_mismatch(self.loss.name, y_pred, train.y[:2], samples=train.num_samples)
+        samples = train.num_samples if isinstance(train, ArraySource) else len(y)
+        mismatch = target_mismatch(self.loss.name, y_pred, y, samples=samples)
         if mismatch is not None:
             raise ValueError(mismatch)
+        broadcast = target_broadcast(self.loss.name, y_pred, y, samples=samples)
+        if broadcast is not None:
+            warnings.warn(broadcast, stacklevel=4)
+        if self.loss.name != _SPARSE or y_pred.dim() < 2:
+            return
+        classes = y_pred.shape[1]
+        for source, argument, labels in ((train, "y", y), (val, "validation y", None)):
+            if isinstance(source, ArraySource) and isinstance(source.y, torch.Tensor):
+                labels = source.y  # every label of the in-memory data, once per fit
+            if labels is None or not labels.numel():
+                continue
+            highest = labels.max().item()
+            if highest >= classes:
+                raise ValueError(
+                    f"{argument} holds the label {_number(highest)}, but the module has {classes} outputs (classes "
+                    f"0 to {classes - 1}) under loss {_SPARSE!r}: give the last layer one output per class."
+                )
+
+
+def _number(value: float) -> int | float:
+    """A label as it reads best: ``3``, not ``3.0``."""
+    return int(value) if float(value).is_integer() else value

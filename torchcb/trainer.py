@@ -33,7 +33,7 @@ from torchcb.data import (
 )
 from torchcb.facade import KerasModel
 from torchcb.logs import EpochTotals, Logs
-from torchcb.step import Steps
+from torchcb.step import Steps, module_modes, set_modes
 from torchcb.tree import concatenate
 
 __all__ = ["Trainer"]
@@ -167,10 +167,20 @@ class Trainer(Steps, Checkpointing):
     ) -> History:
         """Train for ``epochs`` epochs, with the Keras 2 ``fit`` signature; returns the History.
 
-        Everything is checked before any hook runs: a bad argument raises ``ValueError``
-        naming it. ``validation_split`` takes the last fraction of in-memory arrays before
-        shuffling; ``validation_data`` is ``(x, y)``, ``(x, y, sample_weight)``, a Dataset,
-        a DataLoader or an iterable of batches.
+        Everything the arguments show is checked before any hook runs: a bad argument raises
+        ``ValueError`` naming it (negative labels under ``sparse_categorical_crossentropy`` and
+        dict keys ``forward`` does not take included). ``validation_split`` takes the last
+        fraction of in-memory arrays before shuffling; ``validation_data`` is ``(x, y)``,
+        ``(x, y, sample_weight)``, a Dataset, a DataLoader or an iterable of batches.
+
+        The module runs only in batches. The first batch checks its outputs before its loss:
+        targets that cannot fit them under a Keras loss name, or labels past the number of
+        outputs, raise ``ValueError``; under ``mse``, ``mae`` and ``binary_crossentropy``, rank-1
+        targets against rank-2 outputs become ``(N, 1)`` and are broadcast, as tf.keras does
+        (a warning names both shapes). Each submodule keeps its own train/eval mode (a frozen
+        BatchNorm stays frozen); validation, ``evaluate`` and ``predict`` put every mode back
+        after, even on an error; a module wholly in eval mode trains in training mode and goes
+        back to eval after. A module with nothing to train runs its batches and steps nothing.
 
         Example:
             >>> import numpy as np, torch
@@ -207,16 +217,20 @@ class Trainer(Steps, Checkpointing):
         model.stop_training = False
         self.restore_pending_gradients(None)  # no gradient of an interrupted fit leaks into this one
         self._train_loss = self.loss.for_targets(train.y) if isinstance(train, ArraySource) else self.loss.fn
+        # a module left in eval mode trains in training mode, as Keras trains, and goes back after
+        modes_before = None if self.module.training else module_modes(self.module)
+        self.begin_fit_steps(train, val)  # the first batch checks the targets against the outputs
         ranks = self.distributed  # under torchrun, ranks agree on stopping every stop_check_every batches
         epoch_logs: dict[str, Any] = {}
         try:
+            if modes_before is not None:
+                self.module.train()
             callbacks.on_train_begin({})
             callbacks.set_validation_data(ValidationArrays(val) if isinstance(val, ArraySource) else None)
             # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
             start_epoch, skip = self.resume_point(callbacks, initial_epoch, epochs)
             callbacks.begin_train_batches()
             for epoch in range(start_epoch, epochs):
-                self.module.train()
                 if not skip:  # a run resumed mid-epoch began this epoch before it stopped
                     self._reset_stateful_metrics()
                     callbacks.on_epoch_begin(epoch, {})
@@ -258,6 +272,9 @@ class Trainer(Steps, Checkpointing):
             self.callback_list = None
             self.current_batch = None
             self._train_loss = self.loss.fn
+            self.end_fit_steps()
+            if modes_before is not None:
+                set_modes(modes_before)
         return history
 
     def _fit_sources(
@@ -295,7 +312,6 @@ class Trainer(Steps, Checkpointing):
         )
         if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
             self.loss.per_sample(None, None)  # raises the explanation
-        self.check_targets(train)
         val = validation_source(
             validation_data,
             batch_size=batch_size,
@@ -303,6 +319,7 @@ class Trainer(Steps, Checkpointing):
             placement=placement,
             shard=self._shard(),
         )
+        self.check_data(train, val)
         return train, val
 
     def _fit_params(self, batch_size: int | None, epochs: int, verbose: int, train: Source, validating: bool) -> dict:
@@ -357,22 +374,24 @@ class Trainer(Steps, Checkpointing):
 
     def _test_loop(self, source: Source, callbacks: CallbackList) -> dict[str, float]:
         """Run the test hooks over ``source``; returns the size-weighted averages of the step's logs."""
-        was_training = self.module.training
+        modes = module_modes(self.module)  # each submodule's own mode, put back after, even on an error
         self.module.eval()
-        self._reset_stateful_metrics()
-        totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
-        callbacks.on_test_begin({})
-        with torch.no_grad():
-            for step, batch in enumerate(source.epoch()):
-                logs = Logs(batch=step, size=batch.size)
-                callbacks.on_test_batch_begin(step, logs)
-                outputs = self.test_step(batch)
-                logs.update_raw(outputs)
-                totals.add(outputs, batch.size)
-                callbacks.on_test_batch_end(step, logs)
-        results = totals.result()
-        callbacks.on_test_end(dict(results))
-        self.module.train(was_training)
+        try:
+            self._reset_stateful_metrics()
+            totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
+            callbacks.on_test_begin({})
+            with torch.no_grad():
+                for step, batch in enumerate(source.epoch()):
+                    logs = Logs(batch=step, size=batch.size)
+                    callbacks.on_test_batch_begin(step, logs)
+                    outputs = self.test_step(batch)
+                    logs.update_raw(outputs)
+                    totals.add(outputs, batch.size)
+                    callbacks.on_test_batch_end(step, logs)
+            results = totals.result()
+            callbacks.on_test_end(dict(results))
+        finally:
+            set_modes(modes)
         return results
 
     # ----------------------------------------------------------------- evaluate / predict
@@ -446,16 +465,18 @@ class Trainer(Steps, Checkpointing):
         )
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples, "metrics": []}
         callback_list = CallbackList.for_inference(callbacks, model=self.model, verbose=verbose, params=params)
-        was_training = self.module.training
+        modes = module_modes(self.module)  # put back after, also on an error: a frozen submodule stays frozen
         self.module.eval()
         outputs = []
-        callback_list.on_predict_begin({})
-        with torch.no_grad():
-            for step, batch in enumerate(source.epoch()):
-                callback_list.on_predict_batch_begin(step, {"batch": step, "size": batch.size})
-                output = self.predict_step(batch)
-                outputs.append(output)
-                callback_list.on_predict_batch_end(step, {"batch": step, "size": batch.size, "outputs": output})
-        callback_list.on_predict_end({})
-        self.module.train(was_training)
+        try:
+            callback_list.on_predict_begin({})
+            with torch.no_grad():
+                for step, batch in enumerate(source.epoch()):
+                    callback_list.on_predict_batch_begin(step, {"batch": step, "size": batch.size})
+                    output = self.predict_step(batch)
+                    outputs.append(output)
+                    callback_list.on_predict_batch_end(step, {"batch": step, "size": batch.size, "outputs": output})
+            callback_list.on_predict_end({})
+        finally:
+            set_modes(modes)
         return concatenate(outputs)

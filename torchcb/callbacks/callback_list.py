@@ -30,6 +30,7 @@ from typing import Any
 from torchcb.callbacks.base import Callback
 from torchcb.callbacks.history import BaseLogger, History
 from torchcb.callbacks.progbar import ProgbarLogger
+from torchcb.data import ValidationArrays
 from torchcb.keras_interop import KerasCallback, is_keras_callback, wrap_keras_callbacks
 from torchcb.logs import Logs
 
@@ -206,14 +207,21 @@ class CallbackList:
             callback.set_model(model)
         self._dispatch = {}
 
-    def set_validation_data(self, data: Any) -> None:
+    def set_validation_data(self, data: ValidationArrays | None) -> None:
         """Keras 2's ``callback.validation_data``, given to every callback once ``on_train_begin`` has run.
 
+        Set only when ``fit`` has in-memory validation data (``data``). Without it (``None``), a
+        callback keeps a ``validation_data`` of its own, as callbacks written for tf.keras set
+        one in ``__init__``; only the arrays an earlier ``fit`` gave are taken back.
         Keras 3's callbacks (in their adapters) have no such attribute and get none.
         """
         for callback in self.callbacks:
-            if not isinstance(callback, KerasCallback):
+            if isinstance(callback, KerasCallback):
+                continue
+            if data is not None:
                 callback.validation_data = data
+            elif isinstance(getattr(callback, "validation_data", None), ValidationArrays):
+                callback.validation_data = None
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.callbacks)
