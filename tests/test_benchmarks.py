@@ -25,7 +25,16 @@ def test_every_variant_runs_and_reaches_its_hand_loops_final_loss():
     assert out.returncode in (0, 1), out.stderr  # 1: a target missed on one noisy repeat
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| W1 |")]
     variants = {cells[1].strip(): cells for cells in rows}
-    assert sorted(variants) == ["all", "all_noshuffle", "bare", "bare_noshuffle", "hand", "hand_views", "verbose1"]
+    assert sorted(variants) == [
+        "all",
+        "all_noshuffle",
+        "bare",
+        "bare_ema",
+        "bare_noshuffle",
+        "hand",
+        "hand_views",
+        "verbose1",
+    ]
     against = {name: cells[2].strip() for name, cells in variants.items()}
     assert against["bare_noshuffle"] == against["all_noshuffle"] == "hand_views" and against["all"] == "hand"
     losses = {name: float(cells[8]) for name, cells in variants.items()}

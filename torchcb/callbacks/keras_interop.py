@@ -23,7 +23,9 @@ optimizer offers it the weights and their average as Keras variables (live views
 ``latest.weights.h5`` is a full torchcb checkpoint (module, optimizer, weight average,
 random states, callbacks' states: what a Keras weights file with its optimizer holds, and
 more), and the next ``fit`` resumes from it at the epoch it recorded, or mid-epoch at the
-next batch for a batch-level backup (``save_freq`` an int), where Keras restarts the epoch.
+next batch for a batch-level backup (``save_freq`` an int), where Keras restarts the epoch;
+the resumed History holds the epochs before the interruption too, as with torchcb's own
+BackupAndRestore (Keras starts a new one).
 Keras' ``TensorBoard`` does not run (it writes with TensorFlow): use torchcb's own.
 
 Example:
