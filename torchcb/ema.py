@@ -120,7 +120,8 @@ class WeightAverage:
     def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(the module's averaged tensors, their averages), made at the first call."""
         if not self._names:
-            names, weights = [], []
+            names: list[str] = []
+            weights: list[torch.Tensor] = []
             for name, parameter in self.module.named_parameters():
                 names.append(name)
                 weights.append(parameter)
