@@ -41,6 +41,8 @@ torchcb variants (the hand loop each is compared with):
                     TensorBoard (per epoch, no graph), TerminateOnNaN, a JSON-lines
                     LambdaCallback, RemoteMonitor to a local server     (hand; hand_writes on W2, W3)
     bare_noshuffle  bare with shuffle=False                                  (hand_views)
+    bare_ema        bare with Trainer(use_ema=True): a moving average of the weights updated
+                    after every optimizer step (one fused update; W1 only)            (hand)
     all_noshuffle   all with shuffle=False                                   (hand_views)
 """
 
@@ -65,7 +67,7 @@ WORKLOADS = {
     "W3": {"sizes": [1024, 4096, 4096, 10], "samples": 65536, "batch": 1024, "epochs": 3},
 }
 VARIANTS = {
-    "W1": ["hand", "hand_views", "bare", "verbose1", "all", "bare_noshuffle", "all_noshuffle"],
+    "W1": ["hand", "hand_views", "bare", "verbose1", "all", "bare_noshuffle", "all_noshuffle", "bare_ema"],
     "W2": ["hand", "hand_writes", "bare", "all"],
     "W3": ["hand", "hand_writes", "bare", "all"],
 }
@@ -243,7 +245,9 @@ def run_one(workload: str, variant: str, device: str, server_root: str) -> dict:
     if variant not in HAND_LOOPS:
         from torchcb import Trainer
 
-        trainer = Trainer(net, optimizer, loss="sparse_categorical_crossentropy", device=device)
+        trainer = Trainer(
+            net, optimizer, loss="sparse_categorical_crossentropy", device=device, use_ema=variant == "bare_ema"
+        )
         callbacks = []
         if variant.startswith("all"):
             callbacks = _seed_callbacks(directory, server_root)

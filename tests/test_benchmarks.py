@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
-W1_VARIANTS = ["all", "all_noshuffle", "bare", "bare_noshuffle", "hand", "hand_views", "verbose1"]
+W1_VARIANTS = ["all", "all_noshuffle", "bare", "bare_ema", "bare_noshuffle", "hand", "hand_views", "verbose1"]
 
 
 def _bench_module():

@@ -19,6 +19,7 @@ if keras.backend.backend() != "torch":
 
 from tests.callbacks.test_remote_monitor import Server  # noqa: E402
 from tests.conftest import make_data, make_trainer  # noqa: E402
+from torchcb import Trainer  # noqa: E402
 from torchcb.callbacks import Callback  # noqa: E402
 
 
@@ -260,3 +261,110 @@ def test_hooks_are_chosen_as_keras_chooses_them():
     make_trainer().fit(*make_data(16), batch_size=4, epochs=2, verbose=0, callbacks=[later, DeclinesBatchHooks()])
     assert later.seen == [0, 1, 2, 3] * 2  # set on the instance in on_train_begin, and called
     assert DeclinesBatchHooks.calls == 0  # it said it implements no batch hook
+
+
+def _ema_trainer(use_ema=True):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
+    return Trainer(
+        net, optimizer, loss="sparse_categorical_crossentropy", device="cpu", use_ema=use_ema, ema_momentum=0.8
+    )
+
+
+@pytest.mark.parametrize("swap_on_epoch", [False, True])
+def test_keras_swap_ema_weights_gives_the_val_loss_of_torchcb_s(swap_on_epoch):
+    from torchcb.callbacks import SwapEMAWeights
+
+    runs = {}
+    for name, swap in (
+        ("torchcb", SwapEMAWeights(swap_on_epoch=swap_on_epoch)),
+        ("keras", keras.callbacks.SwapEMAWeights(swap_on_epoch=swap_on_epoch)),
+        ("none", None),
+    ):
+        trainer = _ema_trainer()
+        history = trainer.fit(
+            *_data(), batch_size=8, epochs=3, verbose=0, validation_split=0.25, callbacks=[swap] if swap else []
+        )
+        runs[name] = (history.history, trainer.module.state_dict())
+    assert runs["keras"][0] == runs["torchcb"][0]
+    assert runs["keras"][0]["val_loss"] != runs["none"][0]["val_loss"]  # the raw weights' val_loss differs
+    assert runs["keras"][0]["loss"] == runs["none"][0]["loss"]  # training went on from the raw weights
+    for key, value in runs["torchcb"][1].items():
+        assert torch.equal(runs["keras"][1][key], value), key
+
+
+def test_keras_swap_ema_weights_without_use_ema_names_the_argument():
+    with pytest.raises(ValueError, match="use_ema=True"):
+        _ema_trainer(use_ema=False).fit(*_data(), verbose=0, callbacks=[keras.callbacks.SwapEMAWeights()])
+
+
+class _Epochs(Callback):
+    """The epoch numbers the hooks see; raises at the start of epoch ``fail_at`` (once)."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        self.fail_at, self.begun = fail_at, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.fail_at:
+            raise RuntimeError("interrupted")
+        self.begun.append(epoch)
+
+
+def test_keras_backup_and_restore_interrupted_resumes_at_the_epoch_it_recorded(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    reference = _ema_trainer()
+    reference_history = reference.fit(*_data(), batch_size=8, epochs=4, verbose=0, validation_split=0.25)
+
+    interrupted = _ema_trainer()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        interrupted.fit(
+            *_data(), batch_size=8, epochs=4, verbose=0, validation_split=0.25,
+            callbacks=[keras.callbacks.BackupAndRestore(backup_dir), _Epochs(fail_at=2)],
+        )  # fmt: skip
+    with open(os.path.join(backup_dir, "training_metadata.json")) as f:
+        assert json.load(f) == {"epoch": 2, "batch": 0}
+
+    resumed, epochs = _ema_trainer(), _Epochs()
+    history = resumed.fit(
+        *_data(), batch_size=8, epochs=4, verbose=0, validation_split=0.25,
+        callbacks=[keras.callbacks.BackupAndRestore(backup_dir), epochs],
+    )  # fmt: skip
+    assert epochs.begun == [2, 3]  # resumed at the epoch Keras recorded
+    # the backup is a full checkpoint: the History goes on, and weights, optimizer and average are exact
+    assert history.epoch == [0, 1, 2, 3] and history.history == reference_history.history
+    for key, value in reference.module.state_dict().items():
+        assert torch.equal(resumed.module.state_dict()[key], value), key
+    for key, value in reference.weight_average.averaged_weights().items():
+        assert torch.equal(resumed.weight_average.averaged_weights()[key], value), key
+    assert not os.path.exists(backup_dir)  # delete_checkpoint, once every write is done
+
+
+def test_keras_backup_and_restore_falls_back_to_its_previous_backup(tmp_path):
+    backup_dir = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        make_trainer().fit(
+            *_data(), batch_size=8, epochs=5, verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True), _Epochs(fail_at=3)],
+        )  # fmt: skip
+    (backup_dir / "latest.weights.h5").write_bytes(b"torn")
+    epochs = _Epochs()
+    history = make_trainer().fit(
+        *_data(), batch_size=8, epochs=5, verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True), epochs],
+    )  # fmt: skip
+    assert epochs.begun == [2, 3, 4] and history.epoch == [0, 1, 2, 3, 4]
+
+
+def test_a_keras_callback_s_model_initial_epoch_is_where_fit_starts_once():
+    class StartAtTwo(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if not getattr(self, "done", False):
+                self.done = True
+                self.model._initial_epoch = 2
+
+    trainer, start = make_trainer(), StartAtTwo()
+    first = trainer.fit(*make_data(16), batch_size=4, epochs=4, verbose=0, callbacks=[start])
+    second = trainer.fit(*make_data(16), batch_size=4, epochs=2, verbose=0, callbacks=[start])
+    assert first.epoch == [2, 3] and second.epoch == [0, 1]

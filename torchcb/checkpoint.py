@@ -28,6 +28,8 @@ key                 value
                     gradients are pending, and those gradients (``grads``, one per parameter)
 ``metrics``         each stateful metric's accumulated state (torchmetrics' metric states,
                     or the object's ``state_dict``), by metric name
+``ema``             with ``use_ema``: the weight average (``updates``, ``swapped``, and the
+                    ``average`` tensors by ``state_dict`` name; see ``torchcb.ema``)
 ==================  =====================================================================
 
 Loads check before they change anything: a file that is not a checkpoint, is truncated, or
@@ -484,6 +486,7 @@ class TrainingState:
     stop_training: bool = False
     accumulation: dict[str, Any] | None = None
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ema: dict[str, Any] | None = None
 
     @classmethod
     def capture(cls, trainer: Trainer, all_ranks: bool = False) -> TrainingState:
@@ -513,6 +516,7 @@ class TrainingState:
             stop_training=bool(trainer.model.stop_training),
             accumulation=trainer.pending_gradients(),
             metrics=metrics,
+            ema=None if trainer.weight_average is None else trainer.weight_average.state_dict(),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -536,6 +540,8 @@ class TrainingState:
             state["scaler"] = self.scaler
         if self.accumulation is not None:
             state["accumulation"] = self.accumulation
+        if self.ema is not None:
+            state["ema"] = self.ema
         return state
 
     def save(self, path: str | os.PathLike) -> None:
@@ -569,6 +575,7 @@ class TrainingState:
                 stop_training=bool(data.get("stop_training", False)),
                 accumulation=data.get("accumulation"),
                 metrics=data.get("metrics", {}),
+                ema=data.get("ema"),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(
@@ -582,8 +589,15 @@ class TrainingState:
         """
         check_module_state(trainer.module, self.module, source)
         check_optimizer_state(trainer.optimizer, self.optimizer, source)
+        average = trainer.weight_average
+        if average is not None and self.ema is not None:
+            average.check_state(self.ema, source)
         trainer.module.load_state_dict(self.module)
         trainer.optimizer.load_state_dict(self.optimizer)
+        if average is not None and self.ema is not None:  # after the module: a state saved mid-swap is swapped back
+            average.load_state_dict(self.ema)
+        elif average is not None:
+            average.reset()  # a checkpoint without an average: it starts again from these weights
         if trainer.scaler is not None and self.scaler is not None:
             trainer.scaler.load_state_dict(self.scaler)
         trainer.epochs_completed = self.epoch

@@ -42,6 +42,7 @@ __all__ = [
     "LearningRate",
     "Layer",
     "TimeDecay",
+    "Variable",
     "Weight",
     "set_learning_rate",
 ]
@@ -316,6 +317,45 @@ class KerasOptimizer:
     def __repr__(self) -> str:
         return f"KerasOptimizer({self._optimizer!r})"
 
+    # What Keras 3's SwapEMAWeights and BackupAndRestore read of an optimizer.
+    @property
+    def built(self) -> bool:
+        """Always True: a torch optimizer has its state from its first step on."""
+        return True
+
+    def build(self, variables: Any = None) -> None:
+        """Nothing to build (Keras creates its optimizer's slots here; torch, at the first step)."""
+
+    @property
+    def weight_average(self) -> Any:
+        """The trainer's :class:`torchcb.ema.WeightAverage` (``use_ema=True``), else None."""
+        return self._trainer.weight_average
+
+    @property
+    def use_ema(self) -> bool:
+        """Whether the Trainer keeps a moving average of the weights (``Trainer(..., use_ema=True)``)."""
+        return self._trainer.weight_average is not None
+
+    @property
+    def _trainable_variables(self) -> list[Variable]:
+        """Keras' ``optimizer._trainable_variables``: live views of the averaged tensors (with EMA),
+        else of the parameters that require gradients."""
+        average = self._trainer.weight_average
+        if average is None:
+            named = [(n, p) for n, p in self._trainer.module.named_parameters() if p.requires_grad]
+        else:
+            named = list(zip(average.names, average.weights()))
+        return [Variable(name, tensor) for name, tensor in named]
+
+    @property
+    def _model_variables_moving_average(self) -> list[Variable]:
+        """Keras' EMA slots, as live views in the order of ``_trainable_variables``: assigning one
+        writes the average (only with ``use_ema=True``; otherwise there is no such attribute)."""
+        average = self._trainer.weight_average
+        if average is None:
+            raise AttributeError("_model_variables_moving_average")
+        return [Variable(f"{name}/average", tensor) for name, tensor in zip(average.names, average.averages())]
+
 
 class Weight:
     """One parameter of a layer, with the Keras ``name`` and ``numpy()``."""
@@ -330,6 +370,25 @@ class Weight:
 
     def __repr__(self) -> str:
         return f"Weight({self.name!r}, shape={self.shape})"
+
+
+class Variable(Weight):
+    """A live view of a torch tensor as a Keras variable: ``numpy()``, ``np.array(v)`` and
+    ``assign(value)`` (in place, bitwise, from an array, a tensor or another view)."""
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def assign(self, value: Any) -> None:
+        source = value.value if isinstance(value, Weight) else value
+        if not isinstance(source, torch.Tensor):
+            source = torch.as_tensor(np.asarray(source))
+        with torch.no_grad():
+            self.value.copy_(source.to(device=self.value.device, dtype=self.value.dtype))
+
+    def __repr__(self) -> str:
+        return f"Variable({self.name!r}, shape={self.shape})"
 
 
 class Layer:
@@ -377,6 +436,7 @@ class KerasModel:
         self.history: Any = None
         self.optimizer = KerasOptimizer(trainer.optimizer, trainer)
         self._keras_metrics: Any = None
+        self._initial_epoch: int | None = None  # Keras' BackupAndRestore sets it; the next fit starts there
 
     @property
     def module(self) -> torch.nn.Module:
@@ -405,11 +465,21 @@ class KerasModel:
     def enable_keras_metrics(self) -> None:
         """Add the Keras view of the metrics (imports keras; done when a Keras callback is passed)."""
         if self._keras_metrics is None:
-            from torchcb.keras_interop import keras_metrics_view
+            from torchcb.callbacks.keras_interop import keras_metrics_view
             from torchcb.metrics import Metric
 
             loss = Metric(lambda p, t: p, "loss", higher_is_better=False)
             self._keras_metrics = keras_metrics_view([loss, *self.trainer.metric_objects])
+
+    @property
+    def built(self) -> bool:
+        """Always True: a torch module has its weights from its construction (Keras' BackupAndRestore asks)."""
+        return True
+
+    @property
+    def trainable_variables(self) -> list[Variable]:
+        """Live views of the parameters that require gradients, as Keras variables."""
+        return [Variable(n, p) for n, p in self.trainer.module.named_parameters() if p.requires_grad]
 
     @property
     def layers(self) -> list[Layer]:

@@ -2,7 +2,8 @@
 
 ``train_step`` runs forward, loss, backward and the optimizer step, with mixed precision,
 gradient clipping and gradient accumulation as configured, through ``torch.compile`` and
-DistributedDataParallel when asked for; ``test_step`` and ``predict_step`` run without
+DistributedDataParallel when asked for (with ``use_ema``, every optimizer step also updates
+the weight average of ``torchcb.ema``); ``test_step`` and ``predict_step`` run without
 gradients. :class:`torchcb.Trainer` inherits them from :class:`Steps` and runs them in its
 loops; override one on a ``Trainer`` subclass for a model that is not one input and one target.
 
@@ -33,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from torchcb._checks import check_forward_keys, check_int
 from torchcb.data import ArraySource, Batch, Source
+from torchcb.ema import WeightAverage, check_ema_arguments
 from torchcb.metrics import KNOWN_LOSSES, resolve_loss, resolve_metrics, target_broadcast, target_mismatch
 
 __all__ = ["PRECISIONS", "Steps", "module_modes", "set_modes"]
@@ -72,7 +74,8 @@ class Steps:
 
     Args:
         module, optimizer, loss, metrics, precision, clipnorm, clipvalue, global_clipnorm,
-        accumulate_steps, compile: as :class:`torchcb.Trainer` takes them.
+        accumulate_steps, compile, use_ema, ema_momentum, ema_overwrite_frequency: as
+        :class:`torchcb.Trainer` takes them.
         device: where the module runs.
         process_group: with ``distributed`` set, the group DistributedDataParallel reduces over.
         distributed: whether training steps go through DistributedDataParallel.
@@ -94,6 +97,9 @@ class Steps:
         compile: bool,  # noqa: A002
         process_group: Any,
         distributed: bool,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
@@ -103,6 +109,7 @@ class Steps:
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}.")
         check_int(accumulate_steps, "accumulate_steps", 1)
+        check_ema_arguments(use_ema, ema_momentum, ema_overwrite_frequency)
         self.device = device
         self.module = module.to(device)
         self.optimizer = optimizer
@@ -138,6 +145,10 @@ class Steps:
         self.optimizer_steps = 0
         self._module_trains = True  # whether the module has a parameter to train (decided at each fit)
         self._target_check: tuple[Source, Source | None] | None = None  # the sources the first batch checks
+        # Keras' use_ema: the average follows every optimizer step through a step hook (torchcb.ema)
+        self.weight_average = (
+            WeightAverage(module, optimizer, ema_momentum, ema_overwrite_frequency) if use_ema else None
+        )
         self._choose_update()
 
     def _choose_update(self) -> None:

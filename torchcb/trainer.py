@@ -65,9 +65,17 @@ class Trainer(Steps, Checkpointing):
             the one ``torchrun`` sets up (see "Distributed training" in the README).
         stop_check_every: under torchrun, how many batches pass between the agreements on
             ``stop_training`` (a one-number all-reduce; none is added to each step).
+        use_ema: keep an exponential moving average of the weights (Keras' optimizer option),
+            updated after every optimizer step; ``fit`` leaves it in the module when it ends,
+            and ``torchcb.callbacks.SwapEMAWeights`` evaluates on it (see ``torchcb.ema``).
+        ema_momentum: the average's momentum: ``average = ema_momentum * average + (1 -
+            ema_momentum) * weights`` (the first step copies the weights).
+        ema_overwrite_frequency: replace the module's weights by the average every this many
+            optimizer steps; ``None`` keeps it beside them until ``fit`` ends.
 
     Attributes:
         model: the Keras-shaped facade every callback sees (``torchcb.facade.KerasModel``).
+        weight_average: the :class:`torchcb.ema.WeightAverage` with ``use_ema=True``, else None.
         history: the History of the last ``fit``.
 
     ``train_step``, ``test_step`` and ``predict_step`` come from :class:`torchcb.step.Steps`;
@@ -105,6 +113,9 @@ class Trainer(Steps, Checkpointing):
         compile: bool = False,  # noqa: A002  (the name users look for)
         process_group: Any = None,
         stop_check_every: int = 32,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
@@ -131,6 +142,9 @@ class Trainer(Steps, Checkpointing):
             compile=compile,
             process_group=process_group,
             distributed=self.distributed,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
         )
         self.stop_check_every = check_int(stop_check_every, "stop_check_every", 1)
         self.epochs_completed = 0
@@ -227,6 +241,8 @@ class Trainer(Steps, Checkpointing):
                 self.module.train()
             callbacks.on_train_begin({})
             callbacks.set_validation_data(ValidationArrays(val) if isinstance(val, ArraySource) else None)
+            # Keras' BackupAndRestore sets the model's _initial_epoch in on_train_begin (used once)
+            initial_epoch, model._initial_epoch = model._initial_epoch or initial_epoch, None
             # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
             start_epoch, skip = self.resume_point(callbacks, initial_epoch, epochs)
             callbacks.begin_train_batches()
@@ -262,6 +278,8 @@ class Trainer(Steps, Checkpointing):
                     self._agree_on_stop()
                 if model.stop_training or train.exhausted:
                     break
+            if self.weight_average is not None and epochs > 0:
+                self.weight_average.finalize()  # as Keras' fit: the module ends with the averaged weights
             callbacks.on_train_end(epoch_logs)
             self.writer.wait()  # every checkpoint is on disk when fit returns
         except BaseException as error:

@@ -24,6 +24,7 @@ from torchcb.callbacks.lr import LearningRateScheduler, ReduceLROnPlateau
 from torchcb.callbacks.model_checkpoint import ModelCheckpoint
 from torchcb.callbacks.progbar import ProgbarLogger
 from torchcb.callbacks.remote_monitor import RemoteMonitor
+from torchcb.callbacks.swap_ema_weights import SwapEMAWeights
 from torchcb.callbacks.tensorboard import TensorBoard
 from torchcb.callbacks.terminate_on_nan import TerminateOnNaN
 from torchcb.callbacks.torch_scheduler import TorchScheduler
@@ -43,6 +44,7 @@ __all__ = [
     "ProgbarLogger",
     "ReduceLROnPlateau",
     "RemoteMonitor",
+    "SwapEMAWeights",
     "TensorBoard",
     "TerminateOnNaN",
     "TorchScheduler",

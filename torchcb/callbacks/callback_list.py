@@ -29,9 +29,9 @@ from typing import Any
 
 from torchcb.callbacks.base import Callback
 from torchcb.callbacks.history import BaseLogger, History
+from torchcb.callbacks.keras_interop import KerasCallback, is_keras_callback, wrap_keras_callbacks
 from torchcb.callbacks.progbar import ProgbarLogger
 from torchcb.data import ValidationArrays
-from torchcb.keras_interop import KerasCallback, is_keras_callback, wrap_keras_callbacks
 from torchcb.logs import Logs
 
 __all__ = ["CallbackList", "check_callback"]

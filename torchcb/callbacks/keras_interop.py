@@ -17,8 +17,19 @@ adapter that gives it Keras 3's world, while torchcb's own callbacks keep Keras 
   the callbacks after it and History. ``self.model`` is torchcb's facade. Keras itself is
   imported only when such a callback is passed.
 
+Keras 3's ``SwapEMAWeights`` works with ``Trainer(..., use_ema=True)``: the facade's
+optimizer offers it the weights and their average as Keras variables (live views whose
+``assign`` writes the torch tensors). Keras 3's ``BackupAndRestore`` works too: its
+``latest.weights.h5`` is a full torchcb checkpoint (module, optimizer, weight average,
+random states, callbacks' states: what a Keras weights file with its optimizer holds, and
+more), and the next ``fit`` resumes from it at the epoch it recorded, or mid-epoch at the
+next batch for a batch-level backup (``save_freq`` an int), where Keras restarts the epoch;
+the resumed History holds the epochs before the interruption too, as with torchcb's own
+BackupAndRestore (Keras starts a new one).
+Keras' ``TensorBoard`` does not run (it writes with TensorFlow): use torchcb's own.
+
 Example:
-    >>> from torchcb.keras_interop import is_keras_callback
+    >>> from torchcb.callbacks.keras_interop import is_keras_callback
     >>> from torchcb.callbacks import EarlyStopping
     >>> is_keras_callback(EarlyStopping())
     False
@@ -26,20 +37,19 @@ Example:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torchcb.callbacks.base import Callback
+from torchcb.checkpoint import CheckpointError
 from torchcb.logs import RunningMeans
 
-__all__ = ["KerasCallback", "is_keras_callback", "keras_metrics_view", "wrap_keras_callbacks"]
+__all__ = ["KerasBackupAndRestore", "KerasCallback", "is_keras_callback", "keras_metrics_view", "wrap_keras_callbacks"]
 
-# What cannot run without TensorFlow or a Keras model, and torchcb's own class to use instead.
+# What cannot run without TensorFlow, and torchcb's own class to use instead.
 _UNSUPPORTED = {
     "TensorBoard": "keras.callbacks.TensorBoard writes with TensorFlow; use torchcb.callbacks.TensorBoard, "
     "which takes the same arguments and writes the same tags.",
-    "BackupAndRestore": "keras.callbacks.BackupAndRestore needs a Keras model; use torchcb.callbacks.BackupAndRestore, "
-    "which takes the same arguments and restores the full torch training state.",
-    "SwapEMAWeights": "keras.callbacks.SwapEMAWeights needs a Keras optimizer built with use_ema=True.",
 }
 # Batch hooks by loop, with the names that count as implementing them (Keras 2's aliases included).
 _BATCH_HOOKS = {
@@ -114,6 +124,11 @@ class KerasCallback(Callback):
 
     def set_model(self, model: Any) -> None:
         super().set_model(model)
+        if _is_keras_class(self.callback, "SwapEMAWeights") and not getattr(model.optimizer, "use_ema", False):
+            raise ValueError(
+                "keras.callbacks.SwapEMAWeights needs a moving average of the weights: create the Trainer with "
+                "use_ema=True (Trainer(module, optimizer, loss, use_ema=True))."
+            )
         self.callback.set_model(model)
 
     def set_params(self, params: dict[str, Any]) -> None:
@@ -177,9 +192,89 @@ class KerasCallback(Callback):
         return f"KerasCallback({self.callback!r})"
 
 
+def _is_keras_class(callback: Any, name: str) -> bool:
+    """Whether ``callback`` is the ``keras.callbacks`` class ``name`` or a subclass of it."""
+    return any(k.__name__ == name and k.__module__.startswith("keras") for k in type(callback).__mro__)
+
+
+class _BackupModel:
+    """The model as Keras' BackupAndRestore sees it: its weights file is torchcb's full checkpoint.
+
+    Keras' ``.weights.h5`` holds the optimizer's variables beside the weights (its EMA slots
+    among them); the torch counterpart of all of that is the full checkpoint, which also makes
+    the next ``fit`` resume with the same random state and callbacks' states. A file that
+    cannot be read raises ``OSError``, as h5py does, so Keras falls back to its ``.bkp`` copy.
+    """
+
+    def __init__(self, model: Any) -> None:
+        object.__setattr__(self, "_model", model)
+
+    def save_weights(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
+        self._model.trainer.save_checkpoint(filepath, all_ranks=True)
+
+    def load_weights(self, filepath: Any, **kwargs: Any) -> None:
+        try:
+            self._model.trainer.load_checkpoint(filepath)
+        except CheckpointError as error:
+            raise OSError(str(error)) from error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._model, name, value)  # _initial_epoch reaches the facade that fit reads
+
+    def __repr__(self) -> str:
+        return repr(self._model)
+
+
+class KerasBackupAndRestore(KerasCallback):
+    """Runs ``keras.callbacks.BackupAndRestore``: its backups are full checkpoints (see :class:`_BackupModel`).
+
+    Backups are written in the background as torchcb's own are; before Keras copies or
+    deletes the files (``double_checkpoint``, ``delete_checkpoint``), the pending ones are
+    on disk.
+    """
+
+    def set_model(self, model: Any) -> None:
+        super().set_model(model)
+        self.callback.set_model(_BackupModel(model))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        had_backup = os.path.exists(self.callback._weights_path)
+        super().on_train_begin(logs)
+        if not had_backup:  # its metadata alone: the backup of a round that failed was never written
+            self.model._initial_epoch = None
+
+    def _wait_for_writes(self) -> None:
+        self.model.trainer.wait_for_writes()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.callback.double_checkpoint:
+            self._wait_for_writes()  # Keras copies the latest file to .bkp before writing a new one
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.callback.double_checkpoint:
+            self._wait_for_writes()
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._wait_for_writes()  # Keras removes the backup directory
+        super().on_train_end(logs)
+
+
 def wrap_keras_callbacks(callbacks: list[Any], stateful_metrics: Any = ()) -> list[Any]:
     """The list with every Keras callback in its adapter (torchcb's own are left as they are)."""
-    return [KerasCallback(c, stateful_metrics) if is_keras_callback(c) else c for c in callbacks]
+    wrapped = []
+    for callback in callbacks:
+        if not is_keras_callback(callback):
+            wrapped.append(callback)
+        elif _is_keras_class(callback, "BackupAndRestore"):
+            wrapped.append(KerasBackupAndRestore(callback, stateful_metrics))
+        else:
+            wrapped.append(KerasCallback(callback, stateful_metrics))
+    return wrapped
 
 
 def keras_metrics_view(metrics: list[Any]) -> Any:
