@@ -125,7 +125,9 @@ def test_save_writes_a_full_checkpoint_that_load_weights_and_load_checkpoint_rea
     epoch = fresh.load_checkpoint(tmp_path / "full.pt")
     assert epoch == 3 and fresh.model.optimizer.iterations == 6
     history = fresh.fit(x, y, epochs=4, initial_epoch=epoch, verbose=0)
-    assert history.epoch == [3]
+    # one epoch is trained; the History saved after the first fit goes on, as in a run never interrupted
+    assert fresh.model.optimizer.iterations == 7  # 8 samples in one batch of 32
+    assert history.epoch == [0, 1, 2, 3] and len(history.history["loss"]) == 4
 
 
 def test_layers_name_the_leaf_modules_and_their_weights():
@@ -240,3 +242,115 @@ def test_model_fit_is_the_trainers_and_cannot_run_inside_itself():
 
     trainer.fit(x, y, epochs=1, verbose=0, callbacks=[FitsAgain()])
     assert errors and errors[0].startswith("fit is already running on this trainer")
+
+
+class _Denoiser(torch.nn.Module):
+    """A module with a submodule, an attribute its forward reads, and names the facade has too."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Linear(4, 2)
+        self.decoder = torch.nn.Linear(2, 4)
+        self.layers = torch.nn.ModuleList([self.encoder, self.decoder])  # the facade's layers win
+        self.noise = 0.5
+        self.history = "the module's own"
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x + self.noise * torch.randn_like(x)))
+
+    def code_size(self):
+        return self.encoder.out_features
+
+
+def test_names_the_facade_does_not_define_fall_through_to_the_module():
+    net = _Denoiser()
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+    model = trainer.model
+    assert model.encoder is net.encoder and model.noise == 0.5 and model.code_size() == 2
+    assert model.state_dict().keys() == net.state_dict().keys() and model.training
+    assert [layer.name for layer in model.layers] == ["encoder", "decoder"] and model.history is None
+    assert net.history == "the module's own"  # the facade's own attribute did not touch the module's
+    assert hasattr(model, "encoder") and not hasattr(model, "missing")
+    missing = (
+        r"'KerasModel' \(the model facade self.model\) has no attribute 'encodr', and the module it wraps \(_Denoiser\)"
+    )
+    with pytest.raises(AttributeError, match=missing + " has none either"):
+        _ = model.encodr
+
+    model.noise = 0.0  # a name the module has: set on the module, which forward reads
+    assert net.noise == 0.0 and "noise" not in vars(model)
+    x = torch.randn(3, 4)
+    assert torch.equal(model(x), net.decoder(net.encoder(x)))
+    model.stop_training = True  # the facade's own names stay on the facade
+    model.seen_by_my_callback = 3  # and so does a name neither has
+    assert model.stop_training and model.seen_by_my_callback == 3
+    assert not hasattr(net, "stop_training") and not hasattr(net, "seen_by_my_callback")
+
+
+def test_a_callback_reaches_the_module_and_the_step_count_through_self_model():
+    net = _Denoiser()
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+    seen = []
+
+    class Anneal(Callback):  # as Keras code anneals a model attribute and reads iterations
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((int(self.model.iterations), self.model.encoder.weight.shape))
+            self.model.noise = self.model.noise / 2
+
+    x = torch.randn(8, 4)
+    trainer.fit(x, x, batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=[Anneal()])
+    assert seen == [(1, (2, 4)), (2, (2, 4)), (3, (2, 4)), (4, (2, 4))]
+    assert net.noise == 0.5 / 16 and trainer.model.iterations == trainer.model.optimizer.iterations == 4
+
+
+def test_iterations_is_the_modules_own_when_it_has_one():
+    class Counting(torch.nn.Module):  # as in Keras' own callback test, the model counts its calls
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(1, 1)
+            self.register_buffer("iterations", torch.zeros((), dtype=torch.int64))
+
+        def forward(self, x):
+            self.iterations += 1
+            return self.linear(x)
+
+    net = Counting()
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss=torch.nn.MSELoss(), device="cpu")
+    seen = []
+    callback = Callback()
+    callback.on_batch_end = lambda batch, logs=None: seen.append((batch, int(callback.model.iterations)))
+    trainer.fit(torch.ones(6, 1), torch.ones(6, 1), batch_size=2, verbose=0, callbacks=[callback])
+    assert [count for _, count in seen] == [batch + 1 for batch, _ in seen] == [1, 2, 3]
+    trainer.predict(torch.ones(2, 1))
+    assert trainer.model.iterations is net.iterations and int(net.iterations) == 4
+    assert trainer.model.optimizer.iterations == 3
+
+
+def test_learning_rate_has_keras_3s_variable_api_on_every_param_group():
+    trainer = _two_group_trainer()
+    learning_rate = trainer.model.optimizer.learning_rate
+    value = learning_rate.value
+    assert isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.shape == ()
+    assert value == torch.tensor(0.1, dtype=torch.float32)
+    numpy_value = learning_rate.numpy()
+    assert isinstance(numpy_value, np.ndarray) and numpy_value.dtype == np.float32 and numpy_value.shape == ()
+
+    returned = trainer.model.optimizer.lr.assign(0.5)  # every group scaled by the same ratio
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [0.5, pytest.approx(0.05)]
+    assert returned.dtype == torch.float32 and float(returned) == 0.5
+    assert float(learning_rate) == 0.5 and K.get_value(trainer.model.optimizer.lr) == 0.5
+
+    # compared at float32, as Keras 3's torch backend compares a variable's value
+    trainer.optimizer.param_groups[0]["lr"] = 0.1 + 1e-10
+    assert float(learning_rate) > 0.1 and not bool(learning_rate.value > 0.1)
+    assert bool(learning_rate.value < 0.2) and bool(learning_rate.value == np.float32(0.1))
+
+
+def test_every_hyperparameter_has_the_variable_api():
+    trainer = _with(torch.optim.SGD, lr=0.1, momentum=0.9)
+    optimizer = trainer.model.optimizer
+    assert optimizer.momentum.value.dtype == torch.float32 and optimizer.momentum.numpy() == np.float32(0.9)
+    assert float(optimizer.momentum.assign(0.8)) == pytest.approx(0.8)
+    assert [group["momentum"] for group in trainer.optimizer.param_groups] == [0.8, 0.8]
+    optimizer.decay.assign(0.25)
+    assert trainer.time_decay == 0.25 and optimizer.decay.value == torch.tensor(0.25)

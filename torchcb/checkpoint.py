@@ -13,7 +13,10 @@ key                 value
 ``format``          ``"torchcb.checkpoint"``
 ``format_version``  ``2`` (version 1 files, without the last three keys, load too)
 ``module``          the module's ``state_dict``
-``optimizer``       the optimizer's ``state_dict``
+``optimizer``       the optimizer's ``state_dict`` (every param group field: ``lr``,
+                    ``momentum``, ``betas``, a scheduler's ``initial_lr`` ...)
+``decay``           Keras 2's time-based decay (``model.optimizer.decay``), which torch's
+                    optimizer does not hold
 ``epoch``           the epoch to resume at (epochs completed)
 ``batch``           batches of that epoch already done (0 at an epoch's end)
 ``step``            optimizer steps taken (``model.optimizer.iterations``)
@@ -21,7 +24,9 @@ key                 value
 ``epoch_rng``       the random states at the start of the epoch (when ``batch`` > 0), to
                     rebuild its batch order
 ``callbacks``       each stateful callback's ``get_state()``, keyed by class name
-                    (``EarlyStopping``, ``EarlyStopping_1`` for a second one ...)
+                    (``EarlyStopping``, ``EarlyStopping_1`` for a second one ...): the
+                    running ``fit``'s callbacks, or after it the last ``fit``'s (a
+                    ``TorchScheduler``'s scheduler state, ReduceLROnPlateau's wait ...)
 ``scaler``          the ``GradScaler`` state, when training uses one
 ``stop_training``   whether training had been asked to stop: a resumed run stops too
 ``accumulation``    with ``accumulate_steps`` > 1, mid-group: ``count`` batches whose
@@ -484,19 +489,24 @@ class TrainingState:
     scaler: dict[str, Any] | None = None
     callbacks: dict[str, Any] = dataclasses.field(default_factory=dict)
     stop_training: bool = False
+    decay: float | None = None  # None in files written before it was saved: the trainer's is kept
     accumulation: dict[str, Any] | None = None
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     ema: dict[str, Any] | None = None
 
     @classmethod
     def capture(cls, trainer: Trainer, all_ranks: bool = False) -> TrainingState:
-        """The trainer's state now: inside ``fit``, with the state of every callback.
+        """The trainer's state now, with the state of every callback of the running ``fit``.
+
+        Outside ``fit`` the callbacks are those of the last ``fit``, so a checkpoint saved
+        after ``fit`` returns (``fit(epochs=k)``, then ``model.save``) resumes their state
+        too: a torch LR scheduler's position, ReduceLROnPlateau's wait, EarlyStopping's best.
 
         Under torchrun, ``all_ranks=True`` (every rank capturing at the same point, as
         BackupAndRestore does) makes the epoch sums and the metric states those of all
         ranks; otherwise they are this rank's.
         """
-        callbacks = trainer.callback_list
+        callbacks = trainer.callback_list if trainer.callback_list is not None else trainer.last_callback_list
         all_ranks = all_ranks and distributed.get_world_size() > 1
         metrics = {}
         for metric in trainer.metric_objects:
@@ -514,6 +524,7 @@ class TrainingState:
             scaler=None if trainer.scaler is None else trainer.scaler.state_dict(),
             callbacks={} if callbacks is None else plain(callbacks.states(all_ranks)),
             stop_training=bool(trainer.model.stop_training),
+            decay=float(trainer.time_decay),
             accumulation=trainer.pending_gradients(),
             metrics=metrics,
             ema=None if trainer.weight_average is None else trainer.weight_average.state_dict(),
@@ -534,6 +545,8 @@ class TrainingState:
             "stop_training": self.stop_training,
             "metrics": self.metrics,
         }
+        if self.decay is not None:
+            state["decay"] = self.decay
         if self.epoch_rng is not None:
             state["epoch_rng"] = self.epoch_rng
         if self.scaler is not None:
@@ -573,6 +586,7 @@ class TrainingState:
                 scaler=data.get("scaler"),
                 callbacks=data.get("callbacks", {}),
                 stop_training=bool(data.get("stop_training", False)),
+                decay=_decay(data.get("decay")),
                 accumulation=data.get("accumulation"),
                 metrics=data.get("metrics", {}),
                 ema=data.get("ema"),
@@ -583,7 +597,8 @@ class TrainingState:
             ) from None
 
     def restore(self, trainer: Trainer, source: str = "the checkpoint") -> None:
-        """Check that the state fits ``trainer``, then put the module, optimizer, GradScaler and counters back.
+        """Check that the state fits ``trainer``, then put the module, optimizer (every param group
+        field, and Keras 2's ``decay``), GradScaler and counters back.
 
         Raises :class:`CheckpointError` with nothing changed when it does not fit.
         """
@@ -600,6 +615,8 @@ class TrainingState:
             average.reset()  # a checkpoint without an average: it starts again from these weights
         if trainer.scaler is not None and self.scaler is not None:
             trainer.scaler.load_state_dict(self.scaler)
+        if self.decay is not None:
+            trainer.set_time_decay(self.decay)
         trainer.epochs_completed = self.epoch
         trainer.optimizer_steps = self.step
 
@@ -621,6 +638,14 @@ class TrainingState:
         trainer.restore_pending_gradients(self.accumulation)
         trainer.model.stop_training = self.stop_training
         return self.epoch, self.batch
+
+
+def _decay(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"decay must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 def load_module_state(path: str | os.PathLike, module: torch.nn.Module, map_location: Any = "cpu") -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Callbacks reach training only through this facade, so callback code written for Keras
 runs unchanged: ``self.model.stop_training = True``, ``K.set_value(self.model.optimizer.lr,
-0.01)``, ``self.model.get_weights()``, ``self.model.save(path)``.
+0.01)``, ``self.model.get_weights()``, ``self.model.save(path)``. Any other name reaches the
+wrapped module (``self.model.encoder``), as a Keras model is the network itself.
 
 Example:
     >>> import torch
@@ -94,9 +95,26 @@ class Hyperparameter:
     """A live handle on an optimizer hyperparameter that behaves as the float it holds.
 
     ``float()``, arithmetic, comparisons, formatting and ``numpy`` conversion all use the
-    current value. ``K.get_value(handle)`` reads it; ``K.set_value(handle, v)``,
-    ``handle.assign(v)`` or assigning the optimizer attribute (``model.optimizer.momentum
-    = v``) set it in the torch optimizer, so the next step uses it.
+    current value, as a Python float (Keras 2's ``K.get_value`` gives it too).
+    ``K.set_value(handle, v)``, ``handle.assign(v)`` or assigning the optimizer attribute
+    (``model.optimizer.momentum = v``) set it in the torch optimizer, so the next step uses it.
+
+    It also offers Keras 3's variable API, as on Keras' torch backend: ``.value`` is a 0-d
+    float32 tensor (a copy, on the CPU), so ``handle.value < 0.1`` compares at float32 as
+    Keras 3 does; ``.numpy()`` a 0-d float32 array; ``.assign(v)`` returns the new ``.value``.
+
+    Example:
+        >>> import torch
+        >>> from torchcb import Trainer
+        >>> net = torch.nn.Linear(2, 1)
+        >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+        >>> learning_rate = trainer.model.optimizer.learning_rate
+        >>> learning_rate.value, learning_rate.numpy().dtype
+        (tensor(0.1000), dtype('float32'))
+        >>> learning_rate.assign(0.5)
+        tensor(0.5000)
+        >>> trainer.optimizer.param_groups[0]["lr"], float(learning_rate)
+        (0.5, 0.5)
     """
 
     __slots__ = ()
@@ -107,11 +125,19 @@ class Hyperparameter:
     def set_value(self, value: Any) -> None:
         raise NotImplementedError
 
-    def assign(self, value: Any) -> None:
-        self.set_value(value)
+    @property
+    def value(self) -> torch.Tensor:
+        """The current value as Keras 3's torch backend holds a variable's: a 0-d float32 tensor (a copy)."""
+        return torch.tensor(self.get_value(), dtype=torch.float32)
 
-    def numpy(self) -> np.float32:
-        return np.float32(self.get_value())
+    def assign(self, value: Any) -> torch.Tensor:
+        """Set the value (as ``K.set_value``); returns the new :attr:`value`, as Keras 3's ``assign`` does."""
+        self.set_value(value)
+        return self.value
+
+    def numpy(self) -> np.ndarray:
+        """The value as a 0-d float32 array, as Keras 3's ``Variable.numpy()`` gives it."""
+        return np.array(self.get_value(), dtype=np.float32)
 
     def item(self) -> float:
         return self.get_value()
@@ -422,21 +448,63 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 class KerasModel:
     """The model facade: what ``self.model`` is inside every callback.
 
+    A Keras model is the network itself, so any name the facade does not define falls
+    through to the wrapped module: ``self.model.encoder`` is the module's ``encoder``
+    submodule, ``self.model.temperature`` its attribute. The facade's own names win
+    (``stop_training``, ``optimizer``, ``history``, ``layers``, ``name``, ``metrics``,
+    ``get_weights``, ``save`` ...); the module's own ``layers`` or ``name`` are
+    ``self.model.module.layers``. Setting a name the module has (and the facade has not)
+    sets it on the module, so a callback that anneals ``self.model.temperature`` changes
+    what ``forward`` reads; any other name is kept on the facade. ``self.model.iterations``
+    is the module's own ``iterations`` if it has one, else the optimizer's step count
+    (``self.model.optimizer.iterations``). A name neither has raises ``AttributeError``
+    naming both.
+
     Attributes:
         stop_training: set it to ``True`` to stop ``fit`` after the current batch.
         optimizer: a :class:`KerasOptimizer` over the torch optimizer.
         history: the :class:`~torchcb.callbacks.History` of the current or last ``fit``.
         module: the wrapped ``torch.nn.Module``.
         trainer: the :class:`~torchcb.Trainer`.
+
+    Example:
+        >>> import torch
+        >>> from torchcb import Trainer
+        >>> class Denoiser(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.encoder = torch.nn.Linear(4, 2)
+        ...         self.decoder = torch.nn.Linear(2, 4)
+        ...         self.noise = 0.1
+        ...     def forward(self, x):
+        ...         return self.decoder(self.encoder(x + self.noise * torch.randn_like(x)))
+        >>> net = Denoiser()
+        >>> trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+        >>> model = trainer.model  # what self.model is in a callback
+        >>> model.encoder is net.encoder, model.noise, model.iterations
+        (True, 0.1, 0)
+        >>> model.noise = 0.0  # the module's attribute: forward reads it
+        >>> net.noise
+        0.0
     """
 
+    trainer: Trainer
+    stop_training: bool
+    history: Any
+    optimizer: KerasOptimizer
+    _keras_metrics: Any
+    _initial_epoch: int | None
+
     def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.stop_training = False
-        self.history: Any = None
-        self.optimizer = KerasOptimizer(trainer.optimizer, trainer)
-        self._keras_metrics: Any = None
-        self._initial_epoch: int | None = None  # Keras' BackupAndRestore sets it; the next fit starts there
+        # the facade's own attributes, past __setattr__: a module's own `history` or `optimizer` stays as it is
+        self.__dict__.update(
+            trainer=trainer,
+            stop_training=False,
+            history=None,
+            optimizer=KerasOptimizer(trainer.optimizer, trainer),
+            _keras_metrics=None,
+            _initial_epoch=None,  # Keras' BackupAndRestore sets it; the next fit starts there
+        )
 
     @property
     def module(self) -> torch.nn.Module:
@@ -547,6 +615,29 @@ class KerasModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.trainer.module(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # only for names the facade itself does not have
+        if (name.startswith("__") and name.endswith("__")) or "trainer" not in self.__dict__:
+            raise AttributeError(name)
+        module = self.trainer.module
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            if name == "iterations":  # Keras users read the step count from the model too
+                return self.optimizer.iterations
+        raise AttributeError(
+            f"'KerasModel' (the model facade self.model) has no attribute {name!r}, and the module it "
+            f"wraps ({type(module).__name__}) has none either."
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        trainer = self.__dict__.get("trainer")
+        if trainer is not None and name not in self.__dict__ and not hasattr(type(self), name):
+            if hasattr(trainer.module, name):  # the module's attribute, as forward reads it
+                setattr(trainer.module, name, value)
+                return
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         return f"KerasModel({type(self.trainer.module).__name__})"

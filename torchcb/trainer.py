@@ -152,6 +152,7 @@ class Trainer(Steps, Checkpointing):
         self.history: History | None = None
         self.current_batch: Batch | None = None  # the batch being trained on, for callbacks that trace the module
         self.callback_list: CallbackList | None = None  # the callbacks of the running fit
+        self.last_callback_list: CallbackList | None = None  # a checkpoint saved after fit holds their state
         self.epoch_start_rng: dict[str, Any] | None = None  # random state at the start of the current epoch
         self._pending_resume: TrainingState | None = None  # a loaded checkpoint the next fit resumes from
         self._resume: TrainingState | None = None  # the one this fit resumes from
@@ -227,7 +228,7 @@ class Trainer(Steps, Checkpointing):
         # 2. Train.
         model = self.model
         self.history = model.history = history
-        self.callback_list = callbacks
+        self.callback_list = self.last_callback_list = callbacks
         model.stop_training = False
         self.restore_pending_gradients(None)  # no gradient of an interrupted fit leaks into this one
         self._train_loss = self.loss.for_targets(train.y) if isinstance(train, ArraySource) else self.loss.fn

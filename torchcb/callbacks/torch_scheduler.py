@@ -20,6 +20,11 @@ class TorchScheduler(Callback):
     Keras' LearningRateScheduler logs it. ``torch.optim.lr_scheduler.ReduceLROnPlateau`` is
     stepped at epoch end with the value of ``monitor`` (default ``"val_loss"``).
 
+    The scheduler's ``state_dict`` goes into every full checkpoint (``model.save``,
+    ``ModelCheckpoint(save_weights_only=False)``, ``BackupAndRestore``), also one saved after
+    ``fit`` returns; a run resumed from it with a TorchScheduler of the same scheduler goes
+    on with the schedule where it was, and trains on as a run never interrupted.
+
     Args:
         scheduler: a scheduler built on the trainer's optimizer.
         interval: ``"epoch"`` (step after every epoch) or ``"batch"`` (after every batch).
