@@ -450,9 +450,10 @@ class KerasModel:
 
         The file is on disk when the call returns, inside a hook too, as in Keras: the next
         line (or the next hook) may copy, upload or load it. Inside ``fit`` it holds the state
-        of that moment. (torchcb's own ModelCheckpoint and BackupAndRestore write in the
-        background instead, once the round of hooks has ended; a load of their files waits for
-        the pending write.)
+        of that moment. Only once TerminateOnNaN has seen a NaN or infinite loss is the write
+        skipped, so that NaN weights never replace a good file. (torchcb's own ModelCheckpoint
+        and BackupAndRestore write in the background instead, once the round of hooks has
+        ended; a load of their files waits for the pending write.)
         """
         _check_overwrite(filepath, overwrite)
         self.trainer.save_checkpoint(filepath)
