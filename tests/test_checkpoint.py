@@ -420,3 +420,17 @@ def test_a_load_waits_for_the_pending_background_write_of_its_file(tmp_path, mon
     checkpoint = ModelCheckpoint(path, save_freq=2, save_weights_only=True)  # after batches 1 and 3
     make_trainer().fit(*make_data(16), batch_size=4, epochs=1, verbose=0, callbacks=[checkpoint, LoadTheCheckpoint()])
     assert all((a == b).all() for a, b in zip(weights["loaded"], weights["saved"]))
+
+
+def test_the_previous_file_is_kept_whole_under_its_new_name_without_a_copy(tmp_path):
+    from torchcb.checkpoint import write_checkpoint
+
+    path, previous = str(tmp_path / "latest.pt"), str(tmp_path / "latest.pt.bkp")
+    write_checkpoint(path, {"v": torch.tensor(1)}, keep_previous=previous)
+    assert sorted(os.listdir(tmp_path)) == ["latest.pt"]  # nothing to keep yet
+    write_checkpoint(path, {"v": torch.tensor(2)}, keep_previous=previous)
+    second = os.stat(path).st_ino
+    write_checkpoint(path, {"v": torch.tensor(3)}, keep_previous=previous)
+    assert safe_load(path)["v"].item() == 3 and safe_load(previous)["v"].item() == 2
+    assert os.stat(previous).st_ino == second  # version 2's file itself under the new name, not a copy
+    assert sorted(os.listdir(tmp_path)) == ["latest.pt", "latest.pt.bkp"]
