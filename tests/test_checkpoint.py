@@ -336,3 +336,101 @@ def test_a_small_checkpoint_holds_the_state_of_its_round_while_training_goes_on(
         assert saved["epoch"] == epoch
         assert all(torch.equal(saved["module"][k], v) for k, v in weights[epoch].items())
     assert not torch.equal(weights[1]["0.weight"], weights[3]["0.weight"])
+
+
+def _slow_background_writes(monkeypatch, gate):
+    """Every background write waits for ``gate`` (at most 30 s) before it writes: a write left to the writer is late."""
+    from torchcb.checkpoint import BackgroundWriter
+
+    submit = BackgroundWriter.submit
+
+    def slow_submit(self, target, write, replaceable=True):
+        def slow_write():
+            gate.wait(30)
+            write()
+
+        submit(self, target, slow_write, replaceable)
+
+    monkeypatch.setattr(BackgroundWriter, "submit", slow_submit)
+
+
+def test_a_file_saved_in_a_hook_is_on_disk_when_the_call_returns_and_loads_in_a_later_hook(tmp_path, monkeypatch):
+    import threading
+
+    from tests.conftest import make_data, make_trainer
+    from torchcb.callbacks import Callback, ModelCheckpoint
+
+    gate = threading.Event()
+    _slow_background_writes(monkeypatch, gate)
+    path, seen = str(tmp_path / "tmp.pt"), {}
+
+    class FindLearningRate(Callback):  # the LR-finder pattern: save at the start, go back to it later
+        def on_train_begin(self, logs=None):
+            self.model.save_weights(path)
+            seen["on disk at once"] = os.path.exists(path)
+            self.start = [w.copy() for w in self.model.get_weights()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen["background"] = os.path.exists(tmp_path / "mc.pt")  # ModelCheckpoint's write is still held
+            if batch == 3:
+                self.model.load_weights(path)
+                seen["restored"] = all((a == b).all() for a, b in zip(self.model.get_weights(), self.start))
+
+        def on_train_end(self, logs=None):
+            gate.set()
+
+        def on_train_error(self, error):
+            gate.set()
+
+    callbacks = [ModelCheckpoint(tmp_path / "mc.pt", save_freq=1, save_weights_only=True), FindLearningRate()]
+    make_trainer().fit(*make_data(16), batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+    assert seen == {"on disk at once": True, "background": False, "restored": True}
+    assert os.path.exists(tmp_path / "mc.pt")  # on disk once fit returned
+
+
+def test_a_load_waits_for_the_pending_background_write_of_its_file(tmp_path, monkeypatch):
+    import threading
+
+    import torchcb.checkpoint
+    from tests.conftest import make_data, make_trainer
+    from torchcb.callbacks import Callback, ModelCheckpoint
+
+    gate = threading.Event()
+    _slow_background_writes(monkeypatch, gate)
+    wait_for_pending_write = torchcb.checkpoint.wait_for_pending_write
+
+    def opening_wait(path):  # the write is let go only once the load waits for it
+        gate.set()
+        wait_for_pending_write(path)
+
+    monkeypatch.setattr(torchcb.checkpoint, "wait_for_pending_write", opening_wait)
+    path, weights = tmp_path / "w.pt", {}
+
+    class LoadTheCheckpoint(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:  # ModelCheckpoint writes these weights in the background
+                weights["saved"] = [w.copy() for w in self.model.get_weights()]
+            if batch == 2:
+                self.model.load_weights(path)
+                weights["loaded"] = self.model.get_weights()
+
+        def on_train_error(self, error):
+            gate.set()
+
+    checkpoint = ModelCheckpoint(path, save_freq=2, save_weights_only=True)  # after batches 1 and 3
+    make_trainer().fit(*make_data(16), batch_size=4, epochs=1, verbose=0, callbacks=[checkpoint, LoadTheCheckpoint()])
+    assert all((a == b).all() for a, b in zip(weights["loaded"], weights["saved"]))
+
+
+def test_the_previous_file_is_kept_whole_under_its_new_name_without_a_copy(tmp_path):
+    from torchcb.checkpoint import write_checkpoint
+
+    path, previous = str(tmp_path / "latest.pt"), str(tmp_path / "latest.pt.bkp")
+    write_checkpoint(path, {"v": torch.tensor(1)}, keep_previous=previous)
+    assert sorted(os.listdir(tmp_path)) == ["latest.pt"]  # nothing to keep yet
+    write_checkpoint(path, {"v": torch.tensor(2)}, keep_previous=previous)
+    second = os.stat(path).st_ino
+    write_checkpoint(path, {"v": torch.tensor(3)}, keep_previous=previous)
+    assert safe_load(path)["v"].item() == 3 and safe_load(previous)["v"].item() == 2
+    assert os.stat(previous).st_ino == second  # version 2's file itself under the new name, not a copy
+    assert sorted(os.listdir(tmp_path)) == ["latest.pt", "latest.pt.bkp"]

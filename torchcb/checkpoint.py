@@ -64,8 +64,10 @@ import io
 import os
 import pickle
 import random
+import secrets
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -97,11 +99,13 @@ __all__ = [
     "tensor_bytes",
     "to_host",
     "serialized",
+    "wait_for_pending_write",
     "write_checkpoint",
     "safe_load",
     "rng_state",
     "set_rng_state",
     "check_writable",
+    "keep_previous_file",
 ]
 
 FORMAT = "torchcb.checkpoint"
@@ -232,17 +236,54 @@ def serialized(state: Any) -> bytes:
     return buffer.getvalue()
 
 
+def keep_previous_file(path: str | os.PathLike, previous: str | os.PathLike) -> None:
+    """Keep the file at ``path`` whole under the name ``previous`` (replacing it), before ``path`` is rewritten.
+
+    A hard link takes the file's name, then ``os.replace`` puts it over ``previous``: no byte
+    is copied, and the file stays whole (torchcb never writes into an existing file, it
+    replaces it). Where the file system has no hard links, the file is copied atomically.
+    Nothing happens when ``path`` does not exist.
+    """
+    path, previous = os.fspath(path), os.fspath(previous)
+    if not os.path.exists(path):
+        return
+    directory, name = os.path.split(os.path.abspath(previous))
+    _remove_stale_temporaries(directory, name)
+    link = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")  # a name the next write cleans up
+    try:
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(link)
+        with open(path, "rb") as f:
+            data = f.read()
+        atomic_write(previous, lambda out: out.write(data))
+
+
 def write_checkpoint(path: str, state: Any, keep_previous: str | None = None) -> None:
     """``atomic_save`` ``state`` (or write its :func:`serialized` bytes) to ``path``; with
-    ``keep_previous``, first copy the file it replaces there."""
-    if keep_previous is not None and os.path.exists(path):
-        with open(path, "rb") as f:
-            previous = f.read()
-        atomic_write(keep_previous, lambda out: out.write(previous))
+    ``keep_previous``, first keep the file it replaces under that name (:func:`keep_previous_file`)."""
+    if keep_previous is not None:
+        keep_previous_file(path, keep_previous)
     if isinstance(state, bytes):
         atomic_write(path, lambda out: out.write(state))
     else:
         atomic_save(state, path)
+
+
+_WRITERS: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()  # every live writer, for loads to wait on
+
+
+def wait_for_pending_write(path: str | os.PathLike) -> None:
+    """Return once no :class:`BackgroundWriter` has a write of ``path`` queued or in progress.
+
+    Every torchcb load of a file calls it first, so a file that ModelCheckpoint or
+    BackupAndRestore is still writing is read once it is whole, never a version behind.
+    """
+    target = os.path.abspath(os.fspath(path))
+    for writer in list(_WRITERS):
+        writer.wait_for(target)
 
 
 class BackgroundWriter:
@@ -250,13 +291,13 @@ class BackgroundWriter:
 
     ``submit(target, write)`` queues ``write()``, which writes ``target`` (atomically: see
     :func:`atomic_write`). Files are written one at a time, in order. A newer write of a
-    target still waiting in the queue replaces the waiting one, unless either keeps the file
-    it replaces (``replaceable=False``, as ``double_checkpoint`` backups do: they must follow
-    the write before them); and ``submit`` waits while ``max_queued`` writes wait, so few
-    snapshots are held in memory. ``wait()`` returns once every submitted write is on disk.
-    A write that fails is reported by the next ``submit``, ``check`` or ``wait``. The thread
-    starts with the first write and waits, idle, for the next one until ``wait()`` (``fit``
-    ends with it): starting a thread for each checkpoint would cost more than writing it.
+    target still waiting in the queue replaces the waiting one, unless either asks to be
+    kept (``replaceable=False``); and ``submit`` waits while ``max_queued`` writes wait, so
+    few snapshots are held in memory. ``wait()`` returns once every submitted write is on
+    disk, ``wait_for(target)`` once the writes of that file are. A write that fails is
+    reported by the next ``submit``, ``check`` or ``wait``. The thread starts with the first
+    write and waits, idle, for the next one until ``wait()`` (``fit`` ends with it): starting
+    a thread for each checkpoint would cost more than writing it.
 
     Example:
         >>> import os, tempfile, torch
@@ -273,11 +314,14 @@ class BackgroundWriter:
         self.error: BaseException | None = None  # the first failed write not reported yet
         self._condition = threading.Condition()
         self._queue: list[tuple[str, Callable[[], None], bool]] = []  # (target, write, replaceable), in order
+        self._writing: str | None = None  # the target being written now
         self._thread: threading.Thread | None = None
         self._closing = False  # wait() asks the thread to leave once the queue is empty
+        _WRITERS.add(self)
 
     def submit(self, target: str, write: Callable[[], None], replaceable: bool = True) -> None:
         self.check()
+        target = os.path.abspath(target)
         with self._condition:
             while True:
                 waiting = next(
@@ -304,7 +348,7 @@ class BackgroundWriter:
                     self._thread = None
                     self._condition.notify_all()
                     return
-                _, write, _ = self._queue.pop(0)
+                self._writing, write, _ = self._queue.pop(0)
                 self._condition.notify_all()  # a submit waiting for room may go on
             try:
                 write()
@@ -312,6 +356,19 @@ class BackgroundWriter:
                 with self._condition:
                     if self.error is None:
                         self.error = error
+            finally:
+                with self._condition:
+                    self._writing = None
+                    self._condition.notify_all()  # a load waiting for this file may go on
+
+    def wait_for(self, target: str) -> None:
+        """Return once no write of ``target`` is queued or in progress (a failure is reported by ``check``)."""
+        target = os.path.abspath(target)
+        if threading.current_thread() is self._thread:
+            return  # a write that reads its own target does not wait for itself
+        with self._condition:
+            while self._writing == target or any(t == target for t, _, _ in self._queue):
+                self._condition.wait()
 
     def check(self) -> None:
         """Raise the error of a write that failed since the last check, if any."""
@@ -337,10 +394,13 @@ class BackgroundWriter:
 def safe_load(path: str | os.PathLike | io.BytesIO, map_location: Any = "cpu", source: str | None = None) -> Any:
     """Load a file written by :func:`atomic_save` (or its bytes), refusing anything that would run code.
 
-    A missing file raises ``FileNotFoundError``; anything else that stops the load raises
+    A write of the file still pending in the background (ModelCheckpoint, BackupAndRestore)
+    is waited for first. A missing file raises ``FileNotFoundError``; anything else that stops the load raises
     :class:`CheckpointError` naming the file (``source``, for bytes).
     """
     name = source if source is not None else os.fspath(path)  # type: ignore[arg-type]
+    if not isinstance(path, io.BytesIO):
+        wait_for_pending_write(name)  # a file still being written in the background is read once whole
     try:
         return torch.load(path if isinstance(path, io.BytesIO) else name, map_location=map_location, weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
@@ -660,11 +720,15 @@ def load_module_state(path: str | os.PathLike, module: torch.nn.Module, map_loca
 class Checkpointing:
     """Saving and loading a trainer's checkpoints; :class:`torchcb.Trainer` inherits it.
 
-    Saves asked for inside ``fit`` wait for the end of the current round of hooks and go
-    through the trainer's :class:`BackgroundWriter`; a loaded checkpoint is restored at once
-    into the module and optimizer and applied to the next ``fit`` through
-    :meth:`resume_point`. It reads the trainer's ``module``, ``optimizer``, ``device``,
-    ``distributed``, ``callback_list``, ``writer``, ``serialize_at_once_below`` and counters.
+    A save a user asks for (``model.save``, ``model.save_weights``, :meth:`save_checkpoint`)
+    is on disk when the call returns, inside ``fit`` too, as in Keras. torchcb's own
+    ModelCheckpoint and BackupAndRestore save with ``background=True``: their state is taken
+    when the current round of hooks has finished (or when a callback in it raised) and
+    written by the trainer's :class:`BackgroundWriter` while training goes on; every load of
+    a file waits for its pending write. A loaded checkpoint is restored at once into the
+    module and optimizer and applied to the next ``fit`` through :meth:`resume_point`. It
+    reads the trainer's ``module``, ``optimizer``, ``device``, ``distributed``,
+    ``callback_list``, ``writer``, ``serialize_at_once_below`` and counters.
     """
 
     module: torch.nn.Module
@@ -680,8 +744,9 @@ class Checkpointing:
     def defer(self, action: Any) -> None:
         """Run ``action()`` once the current round of hooks has finished (at once outside ``fit``).
 
-        Full checkpoints use it, so they hold the state of every callback after it has seen
-        the epoch or batch, whatever the callback order.
+        Background saves use it, so they hold the state of every callback after it has seen
+        the epoch or batch, whatever the callback order. If a callback of the round raises,
+        the action runs before the exception leaves the round.
         """
         if self.callback_list is None:
             action()
@@ -689,36 +754,48 @@ class Checkpointing:
             self.callback_list.defer(action)
 
     def save_checkpoint(
-        self, path: str | os.PathLike, *, all_ranks: bool = False, keep_previous: str | os.PathLike | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        all_ranks: bool = False,
+        keep_previous: str | os.PathLike | None = None,
+        background: bool = False,
     ) -> None:
         """Write the full training state to ``path`` (``model.save``); under torchrun rank 0 writes.
 
-        Inside ``fit`` the state is taken when the current round of hooks has finished (so it
-        holds every callback's state for that batch or epoch) and after the pending checks of
-        ``before_checkpoint`` (TerminateOnNaN's); it is written by a background thread while
-        training goes on, and ``fit`` returns once it is on disk. A state under
-        ``serialize_at_once_below`` bytes of tensors (1 MiB) is serialized at once, a larger one
-        copied to host memory and serialized by that thread. Outside ``fit`` it is written at once.
+        By default the file is on disk when the call returns, also inside ``fit`` (the state
+        is the one of that moment). With ``background=True`` (ModelCheckpoint's and
+        BackupAndRestore's saves) and inside ``fit``, the state is taken when the current
+        round of hooks has finished (so it holds every callback's state for that batch or
+        epoch) and written by a background thread while training goes on; ``fit`` returns
+        once it is on disk. A state under ``serialize_at_once_below`` bytes of tensors (1 MiB)
+        is serialized at once, a larger one copied to host memory and serialized by that
+        thread. Either way, the pending checks of ``before_checkpoint`` (TerminateOnNaN's) run
+        first, and a write is skipped once they refuse it.
 
         Args:
             path: the file.
             all_ranks: every rank calls this at the same point (BackupAndRestore does), so the
                 epoch sums and metric states of all ranks are saved.
-            keep_previous: copy the file being replaced there first (``double_checkpoint``).
+            keep_previous: keep the file being replaced under this name first (BackupAndRestore's
+                previous backup).
+            background: write in the background, after the round of hooks (see above).
         """
         if distributed.is_main_process():
             check_writable(path, "checkpoint path")
         elif not all_ranks:
             return  # rank 0 writes; every rank holds the same weights
         previous = None if keep_previous is None else os.fspath(keep_previous)
-        self._save(path, lambda: TrainingState.capture(self, all_ranks).as_dict(), all_ranks, previous)
+        self._save(path, lambda: TrainingState.capture(self, all_ranks).as_dict(), all_ranks, previous, background)
 
-    def save_weights(self, path: str | os.PathLike) -> None:
+    def save_weights(self, path: str | os.PathLike, *, background: bool = False) -> None:
         """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes."""
         if distributed.is_main_process():
-            self._save(path, self.module.state_dict, False, None)
+            self._save(path, self.module.state_dict, False, None, background)
 
-    def _save(self, path: str | os.PathLike, capture: Any, all_ranks: bool, keep_previous: str | None) -> None:
+    def _save(
+        self, path: str | os.PathLike, capture: Any, all_ranks: bool, keep_previous: str | None, background: bool
+    ) -> None:
         path = os.fspath(path)
 
         def save() -> None:
@@ -731,7 +808,8 @@ class Checkpointing:
             state = capture()
             if not distributed.is_main_process():
                 return
-            if callbacks is None:  # outside fit: written at once
+            if callbacks is None or not background:  # written now, after a pending write of the same file
+                wait_for_pending_write(path)
                 write_checkpoint(path, state, keep_previous)
                 return
             # Inside fit the file is written (and fsynced) by the writer thread while training
@@ -741,10 +819,12 @@ class Checkpointing:
                 data = serialized(state)
             else:
                 data = to_host(state)
-            write = functools.partial(write_checkpoint, path, data, keep_previous)
-            self.writer.submit(path, write, replaceable=keep_previous is None)
+            self.writer.submit(path, functools.partial(write_checkpoint, path, data, keep_previous))
 
-        self.defer(save)
+        if background:
+            self.defer(save)
+        else:
+            save()
 
     def wait_for_writes(self) -> None:
         """Return once every checkpoint submitted during ``fit`` is on disk (``fit`` ends with it)."""
@@ -780,6 +860,19 @@ class Checkpointing:
         if state.stop_training and not skip:
             return epochs, 0  # the run had been asked to stop at that epoch's end: no epoch is left
         return epoch, skip
+
+    def resume_epoch(self, callbacks: CallbackList) -> None:
+        """Once ``on_epoch_begin`` has opened an epoch resumed mid-way, put back the state it held then.
+
+        That hook ran for this epoch before the interruption too, and the checkpoint holds
+        what followed: the epoch's sums (BaseLogger), the progress bar's count, and a rate a
+        LearningRateScheduler set. Running it again must change none of them.
+        """
+        state = self._resume
+        if state is None:
+            return
+        state.restore(self)
+        callbacks.restore_states(state.callbacks)
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""

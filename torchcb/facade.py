@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from torchcb.checkpoint import wait_for_pending_write
 from torchcb.tree import tree_map
 
 if TYPE_CHECKING:
@@ -585,19 +586,29 @@ class KerasModel:
     def save(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
         """Write the full training checkpoint (module, optimizer, epoch, step, RNG) to ``filepath``.
 
-        Inside ``fit`` it is taken when the current round of hooks ends and written in the
-        background (see ``Trainer.save_checkpoint``); ``fit`` returns once it is on disk.
+        The file is on disk when the call returns, inside a hook too, as in Keras: the next
+        line (or the next hook) may copy, upload or load it. Inside ``fit`` it holds the state
+        of that moment. Only once TerminateOnNaN has seen a NaN or infinite loss is the write
+        skipped, so that NaN weights never replace a good file. (torchcb's own ModelCheckpoint
+        and BackupAndRestore write in the background instead, once the round of hooks has
+        ended; a load of their files waits for the pending write.)
         """
         _check_overwrite(filepath, overwrite)
         self.trainer.save_checkpoint(filepath)
 
     def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
-        """Write the module's ``state_dict`` to ``filepath`` with an atomic ``torch.save``, as :meth:`save` writes."""
+        """Write the module's ``state_dict`` to ``filepath`` with an atomic ``torch.save``.
+
+        The file is on disk when the call returns (see :meth:`save`).
+        """
         _check_overwrite(filepath, overwrite)
         self.trainer.save_weights(filepath)
 
     def load_weights(self, filepath: str | os.PathLike, **kwargs: Any) -> None:
-        """Load module weights from a weights file or a full checkpoint (safely: no code runs)."""
+        """Load module weights from a weights file or a full checkpoint (safely: no code runs).
+
+        A write of ``filepath`` still pending in the background (ModelCheckpoint's) is waited for first.
+        """
         self.trainer.load_weights(filepath)
 
     def fit(self, *args: Any, **kwargs: Any) -> Any:
@@ -644,5 +655,7 @@ class KerasModel:
 
 
 def _check_overwrite(filepath: str | os.PathLike, overwrite: bool) -> None:
+    if not overwrite:
+        wait_for_pending_write(filepath)  # a file still being written exists for this check
     if not overwrite and os.path.exists(filepath):
         raise FileExistsError(f"{os.fspath(filepath)!r} exists and overwrite=False.")

@@ -248,9 +248,11 @@ class Trainer(Steps, Checkpointing):
             start_epoch, skip = self.resume_point(callbacks, initial_epoch, epochs)
             callbacks.begin_train_batches()
             for epoch in range(start_epoch, epochs):
-                if not skip:  # a run resumed mid-epoch began this epoch before it stopped
+                if not skip:  # a run resumed mid-epoch restored the metrics of the epoch so far
                     self._reset_stateful_metrics()
-                    callbacks.on_epoch_begin(epoch, {})
+                callbacks.on_epoch_begin(epoch, {})  # a resumed epoch opens too, for every callback
+                if skip:
+                    self.resume_epoch(callbacks)  # the epoch sums, the bar's count, the rates: as they were
                 train.set_epoch(epoch)
                 for step, batch in self._epoch_batches(train, skip):
                     self.current_batch = batch

@@ -50,11 +50,11 @@ def _same_weights(a, b):
     return all(torch.equal(a.module.state_dict()[k], v) for k, v in b.module.state_dict().items())
 
 
-def _fit(trainer, tmp_path, extra, name):
+def _fit(trainer, tmp_path, extra, name, verbose=0):
     x, y = _data()
     scheduler = TorchScheduler(torch.optim.lr_scheduler.StepLR(trainer.optimizer, step_size=1, gamma=0.9))
     callbacks = [*extra, EarlyStopping(monitor="val_loss", patience=2), scheduler, CSVLogger(tmp_path / f"{name}.csv")]
-    return trainer.fit(x, y, batch_size=8, epochs=5, verbose=0, validation_split=0.25, callbacks=callbacks)
+    return trainer.fit(x, y, batch_size=8, epochs=5, verbose=verbose, validation_split=0.25, callbacks=callbacks)
 
 
 @pytest.mark.parametrize("save_freq", ["epoch", 1, 4])
@@ -312,3 +312,180 @@ def test_stateful_metrics_resume_mid_epoch_with_their_state(tmp_path):
     history = _fit(_trainer(metrics=metrics()), tmp_path, [backup], "resumed")
     assert history.history == reference_history.history
     assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "reference.csv").read_text()
+
+
+class Began(Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_a_run_resumed_mid_epoch_opens_that_epoch_and_ends_as_an_uninterrupted_one(tmp_path, capsys, verbose):
+    from torchcb.callbacks import LearningRateScheduler
+
+    def fit(trainer, extra, name):
+        halve = LearningRateScheduler(lambda epoch, lr: lr * 0.5)  # set again in a resumed on_epoch_begin: no effect
+        return _fit(trainer, tmp_path, [*extra, halve], name, verbose=verbose)
+
+    reference = _trainer()
+    reference_history = fit(reference, [], "reference")
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(_trainer(), [backup, InterruptAt(9)], "resumed")  # 6 batches an epoch: in the second, at batch 2
+    capsys.readouterr()
+    began = Began()
+    resumed = _trainer()
+    history = fit(resumed, [backup, began], "resumed")
+    assert began.epochs == [1, 2, 3, 4]  # the resumed epoch opens too
+    assert _same_weights(resumed, reference)
+    assert history.history == reference_history.history  # its averages hold the batches before the interruption
+    lines = capsys.readouterr().out.splitlines()
+    if verbose:
+        assert lines[0] == "Epoch 2/5" and len(lines) == 8
+    if verbose == 1:  # samples: the bar counts the 48 training samples of the epoch, not the 24 left
+        assert lines[1].startswith("48/48 [==============================] - ")
+        assert f"- loss: {reference_history.history['loss'][1]:.4f} - " in lines[1]
+
+
+class WaitForWrites(Callback):
+    """Lets each background write land before the next batch: the writer skips a snapshot still queued
+    when a newer one of the same file comes, which would make the previous backup any older one."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.trainer.wait_for_writes()
+
+
+def _interrupt(kind, where, after):
+    """A callback that raises ``kind`` at the end of optimizer step ``after`` or of epoch ``after``."""
+
+    class Raise(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if where == "batch" and self.model.optimizer.iterations == after:
+                raise kind("interrupted")
+
+        def on_epoch_end(self, epoch, logs=None):
+            if where == "epoch" and epoch == after:
+                raise kind("interrupted")
+
+    return Raise()
+
+
+@pytest.mark.parametrize("kind", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("where", ["batch", "epoch"])
+def test_a_backup_asked_for_in_the_round_a_later_callback_raises_in_is_written(tmp_path, kind, where):
+    from torchcb.checkpoint import safe_load
+
+    # 8 batches an epoch; the interruption comes at step 11 (epoch 1, batch 2) or at epoch 1's end
+    save_freq = 1 if where == "batch" else "epoch"
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=save_freq)
+    checkpoint = ModelCheckpoint(tmp_path / "last.pt", save_freq=save_freq)
+    with pytest.raises(kind, match="interrupted"):
+        _trainer().fit(
+            *_data(),
+            batch_size=8,
+            epochs=4,
+            verbose=0,
+            callbacks=[backup, checkpoint, WaitForWrites(), _interrupt(kind, where, 11 if where == "batch" else 1)],
+        )
+    latest = safe_load(tmp_path / "backup" / "latest.pt")
+    if where == "batch":
+        assert (latest["epoch"], latest["batch"], latest["step"]) == (1, 3, 11)
+    else:
+        assert (latest["epoch"], latest["batch"], latest["step"]) == (2, 0, 16)
+    assert safe_load(tmp_path / "last.pt")["step"] == latest["step"]
+    previous = safe_load(tmp_path / "backup" / "latest.pt.bkp")  # the backup before it is kept
+    assert previous["step"] == (10 if where == "batch" else 8)
+
+    batches = []
+    counter = LambdaCallback(on_train_batch_end=lambda batch, logs: batches.append(batch))
+    _trainer().fit(*_data(), batch_size=8, epochs=4, verbose=0, callbacks=[backup, counter])
+    assert len(batches) == 32 - latest["step"]  # nothing is trained twice
+
+
+@pytest.mark.parametrize("check_every", [1, 32])
+def test_a_backup_asked_for_when_terminate_on_nan_raises_keeps_the_last_good_one(tmp_path, check_every):
+    from torchcb.callbacks import TerminateOnNaN
+    from torchcb.checkpoint import safe_load
+
+    good = {}
+
+    class PoisonAt(Callback):  # NaN weights before step 7: its loss is NaN
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.model.optimizer.iterations == 6:
+                good.update({k: v.clone() for k, v in self.model.module.state_dict().items()})
+                with torch.no_grad():
+                    self.model.module[0].weight.fill_(float("nan"))
+
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
+    callbacks = [PoisonAt(), backup, TerminateOnNaN(raise_error=True, check_every=check_every), WaitForWrites()]
+    with pytest.raises(RuntimeError, match="NaN or Inf loss encountered at batch 6"):
+        _trainer().fit(*_data(), batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
+    latest, previous = safe_load(tmp_path / "backup" / "latest.pt"), safe_load(tmp_path / "backup" / "latest.pt.bkp")
+    assert latest["step"] == 6 and previous["step"] == 5  # the NaN step is not written
+    assert all(torch.equal(latest["module"][k], v) for k, v in good.items())
+
+
+def test_a_backup_that_fails_while_a_callback_raises_is_reported_chained_to_it(tmp_path, monkeypatch):
+    import torchcb.checkpoint
+
+    def failing_write(path, state, keep_previous=None):
+        raise OSError(f"cannot write {path}")
+
+    monkeypatch.setattr(torchcb.checkpoint, "write_checkpoint", failing_write)
+    backup = BackupAndRestore(tmp_path / "backup", save_freq="epoch")
+    with pytest.raises((OSError, KeyboardInterrupt)) as raised:  # caught here whichever leaves fit
+        _trainer().fit(
+            *_data(), batch_size=8, epochs=2, verbose=0, callbacks=[backup, _interrupt(KeyboardInterrupt, "epoch", 0)]
+        )
+    assert isinstance(raised.value, OSError) and "latest.pt" in str(raised.value)  # not dropped in silence
+    assert isinstance(raised.value.__context__, KeyboardInterrupt)
+
+
+def test_a_truncated_latest_backup_falls_back_to_the_previous_one_and_none_readable_raises(tmp_path):
+    from torchcb.checkpoint import CheckpointError
+
+    backup = BackupAndRestore(tmp_path / "backup", delete_checkpoint=False)  # double_checkpoint not needed
+    x, y = _data()
+    _trainer().fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[backup])
+    latest, previous = tmp_path / "backup" / "latest.pt", tmp_path / "backup" / "latest.pt.bkp"
+    assert sorted(os.listdir(tmp_path / "backup")) == ["latest.pt", "latest.pt.bkp"]
+    kept = previous.read_bytes()
+    latest.write_bytes(latest.read_bytes()[: len(kept) // 2])  # truncated
+    began = Began()
+    with pytest.warns(RuntimeWarning) as warned:
+        history = _trainer().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[backup, began])
+    message = str(warned[0].message)
+    assert (
+        f"could not read the latest backup {latest}" in message
+        and f"resuming from the previous one, {previous}" in message
+    )
+    assert began.epochs == [1, 2]  # the previous backup was written after epoch 0
+    assert history.epoch == [0, 1, 2]
+
+    for path in (latest, previous):
+        path.write_bytes(kept[:100])
+    with pytest.raises(CheckpointError, match=f"no readable backup in .*backup: {latest} .*; {previous} "):
+        _trainer().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[backup])
+
+
+@pytest.mark.parametrize("save_freq", ["epoch", 1])
+def test_progress_is_readable_as_in_keras_3(tmp_path, save_freq):
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=save_freq)
+    assert (backup._current_epoch, backup._last_batch_seen) == (0, 0)
+    with pytest.raises(RuntimeError, match="interrupted"):  # 8 batches an epoch: epoch 1, batch 2
+        _trainer().fit(*_data(), batch_size=8, epochs=3, verbose=0, callbacks=[backup, InterruptAt(11)])
+    assert backup._current_epoch == 1
+    assert backup._last_batch_seen == (2 if save_freq == 1 else 0)  # Keras 3 follows batches only when saving on them
+    seen = []
+
+    class Look(Callback):
+        def on_train_begin(self, logs=None):
+            seen.append((backup._current_epoch, backup._last_batch_seen))
+
+    _trainer().fit(*_data(), batch_size=8, epochs=3, verbose=0, callbacks=[backup, Look()])
+    assert seen == [(1, 2)] if save_freq == 1 else seen == [(1, 0)]  # where the resumed run goes on from
+    assert (backup._current_epoch, backup._last_batch_seen) == (3, 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_data, make_trainer
-from torchcb.callbacks import ProgbarLogger
+from torchcb.callbacks import BackupAndRestore, Callback, ProgbarLogger
 from torchcb.logs import device_reads
 
 
@@ -111,3 +111,44 @@ def test_unknown_target_shows_unknown(capsys):
     bar.update(5, [("loss", 1.0)])
     assert "5/Unknown" in capsys.readouterr().out
     np.testing.assert_equal(bar.target, None)
+
+
+class _InterruptAt(Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.optimizer.iterations == self.step:
+            raise RuntimeError("interrupted")
+
+
+def _interrupted_then_resumed(tmp_path, monkeypatch, first_verbose, progbar=None):
+    """40 samples in batches of 4, interrupted after batch 5 of the first epoch, resumed on a terminal."""
+    x, y = make_data(40)
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        make_trainer().fit(x, y, batch_size=4, epochs=1, verbose=first_verbose, callbacks=[backup, _InterruptAt(6)])
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(ProgbarLogger, "interval", 0.0)  # redraw at every batch
+    callbacks = [backup] + ([progbar] if progbar else [])
+    history = make_trainer().fit(x, y, batch_size=4, epochs=1, verbose=1, callbacks=callbacks)
+    return terminal.getvalue(), history
+
+
+def test_a_bar_resumed_mid_epoch_starts_at_the_batch_it_resumes_from(tmp_path, monkeypatch):
+    out, history = _interrupted_then_resumed(tmp_path, monkeypatch, first_verbose=1)
+    assert out.startswith("Epoch 1/1\n")
+    # batches 6..8 redraw (samples 28, 32, 36 of 40), then the final line
+    counts = re.findall(r"\r\s*(\d+)/40 \[", out)
+    assert counts == ["28", "32", "36", "40"]
+    assert "\r28/40 [====================>.........] - ETA: " in out
+    final = out.rsplit("\r", 1)[1]
+    assert re.match(r"40/40 \[=+\] - \d+s \d+(us|ms|s)/step - loss: \d\.\d{4} - accuracy: \d\.\d{4}", final), final
+    assert f"loss: {history.history['loss'][0]:.4f}" in final  # the epoch's average over all 10 batches
+
+
+def test_a_bar_resumed_from_a_run_without_one_counts_from_the_batch_too(tmp_path, monkeypatch):
+    out, _ = _interrupted_then_resumed(tmp_path, monkeypatch, first_verbose=0, progbar=ProgbarLogger("steps"))
+    assert re.findall(r"\r\s*(\d+)/10 \[", out) == ["7", "8", "9", "10"]

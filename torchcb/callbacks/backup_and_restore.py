@@ -11,7 +11,7 @@ from typing import Any
 
 from torchcb._checks import is_int
 from torchcb.callbacks.base import BatchFrequency, Callback
-from torchcb.checkpoint import TrainingState, check_writable
+from torchcb.checkpoint import CheckpointError, TrainingState, check_writable, wait_for_pending_write
 from torchcb.distributed import barrier, broadcast_bytes, gather_ints, get_world_size, is_main_process
 
 __all__ = ["BackupAndRestore"]
@@ -25,15 +25,33 @@ class BackupAndRestore(Callback):
     to ``backup_dir/latest.pt`` once every callback has seen the epoch (or batch). When a
     later ``fit`` starts with a BackupAndRestore on the same directory — after an exception,
     a kill, or a crash of the machine — it resumes there: at the next epoch, or mid-epoch
-    at the next batch in the same batch order, and ends with the same weights, History and
-    CSV rows as a run never interrupted (bitwise on the CPU, for in-memory arrays,
-    Datasets and DataLoaders).
+    at the next batch in the same batch order (every callback's ``on_epoch_begin`` runs for
+    that epoch, and the progress bar starts at that batch), and ends with the same weights,
+    History and CSV rows as a run never interrupted (bitwise on the CPU, for in-memory
+    arrays, Datasets and DataLoaders).
+
+    Backups are written by a background thread while training goes on (``fit`` returns
+    with every backup on disk). A backup asked for at a batch or epoch end is written even
+    when a later callback of that round raises (an interruption, a user's exception,
+    ``TerminateOnNaN(raise_error=True)``: once a loss was NaN, no backup is written, so the
+    last good one stays), so the interrupted run resumes from that batch or epoch.
+
+    The previous backup is always kept, as ``latest.pt.bkp``: before a backup replaces
+    ``latest.pt``, the old file is given that name too (a hard link, no copy, so it costs
+    disk space for one more backup and no writing). When ``latest.pt`` cannot be read (a
+    truncated or damaged file), the run resumes from ``latest.pt.bkp`` with a warning naming
+    both; only when neither can be read does ``fit`` raise
+    :class:`~torchcb.checkpoint.CheckpointError`. (Keras 3 falls back only with
+    ``double_checkpoint=True``; torchcb always does.)
+
+    The progress is readable as in Keras 3: ``_current_epoch`` is the epoch training goes
+    on from (epochs completed), ``_last_batch_seen`` the index of the last batch seen in it
+    (0 at an epoch's end, and kept only with a ``save_freq`` in batches, as Keras 3 does).
 
     Args:
         backup_dir: the directory for the backup files.
         save_freq: ``"epoch"`` to back up after every epoch, or a number of batches.
-        double_checkpoint: keep the previous backup as ``latest.pt.bkp`` and fall back to it
-            if the latest cannot be read.
+        double_checkpoint: accepted for Keras 3 code; the previous backup is always kept.
         delete_checkpoint: delete the backup files when training ends normally.
 
     Example:
@@ -41,6 +59,8 @@ class BackupAndRestore(Callback):
         >>> backup = BackupAndRestore(backup_dir="/tmp/backup", save_freq=100)
         >>> # trainer.fit(x, y, epochs=10, callbacks=[backup])   # interrupted ...
         >>> # trainer.fit(x, y, epochs=10, callbacks=[backup])   # ... resumes where it stopped
+        >>> backup._current_epoch, backup._last_batch_seen
+        (0, 0)
     """
 
     def __init__(
@@ -63,6 +83,8 @@ class BackupAndRestore(Callback):
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
         self._batch_frequency = BatchFrequency(save_freq) if save_freq != "epoch" else None
+        self._current_epoch = 0  # the epoch training goes on from (Keras 3's name)
+        self._last_batch_seen = 0  # the last batch index seen in it (Keras 3's name)
         if save_freq != "epoch":  # only then does it listen to batches: an unused hook costs nothing
             self.on_train_batch_end = self._on_train_batch_end
 
@@ -97,29 +119,43 @@ class BackupAndRestore(Callback):
         found = self._read_backup()
         if get_world_size() > 1:
             found = self._agree_across_ranks(found)
+        self._current_epoch, self._last_batch_seen = 0, 0
         if found is not None:
             state, source = found
             trainer.restore_state(state, source=source)
+            self._current_epoch, self._last_batch_seen = state.epoch, max(state.batch - 1, 0)
 
     def _read_backup(self) -> tuple[TrainingState, str] | None:
-        """The backup in ``backup_dir`` (or its ``.bkp`` copy, with ``double_checkpoint``), if any."""
-        paths = [self.path, self.backup_path] if self.double_checkpoint else [self.path]
-        for index, path in enumerate(paths):
+        """The latest backup in ``backup_dir``, or the previous one if the latest cannot be read; None if none."""
+        failures: list[str] = []
+        error: Exception | None = None
+        for path in (self.path, self.backup_path):
+            wait_for_pending_write(path)  # a backup still being written is read once whole
             if not os.path.exists(path):
                 continue
             try:
                 with open(path, "rb") as f:
                     data = f.read()
-                return TrainingState.load(io.BytesIO(data), source=path), path
-            except Exception as error:
-                fallback = next((p for p in paths[index + 1 :] if os.path.exists(p)), None)
-                if fallback is None:
-                    raise
+                state = TrainingState.load(io.BytesIO(data), source=path)
+            except Exception as failure:  # a truncated or damaged file: try the previous backup
+                failures.append(f"{path} ({failure})")
+                error = failure
+                continue
+            if failures:
                 warnings.warn(
-                    f"BackupAndRestore could not read {path} ({error}); resuming from {fallback}.",
+                    f"BackupAndRestore could not read the latest backup {failures[0]}; resuming from the previous "
+                    f"one, {path}.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
+            return state, path
+        if error is not None:
+            if len(failures) == 1:
+                failures.append(f"{self.backup_path} (missing)")
+            raise CheckpointError(
+                f"BackupAndRestore found no readable backup in {self.backup_dir}: {'; '.join(failures)}. Remove "
+                "the directory to start training afresh."
+            ) from error
         return None
 
     def _agree_across_ranks(self, found: tuple[TrainingState, str] | None) -> tuple[TrainingState, str] | None:
@@ -150,18 +186,20 @@ class BackupAndRestore(Callback):
         return TrainingState.load(io.BytesIO(broadcast_bytes(data)), source=source), source
 
     def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._last_batch_seen = batch
         if self._batch_frequency.passed(batch):  # type: ignore[union-attr]
             self._backup()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._current_epoch, self._last_batch_seen = epoch + 1, 0
         if self.save_freq == "epoch":
             self._backup()
 
     def _backup(self) -> None:
         # every rank takes part (the epoch sums and metric states of all ranks go in); once
-        # every callback has seen this epoch or batch; rank 0 writes, in the background
-        keep_previous = self.backup_path if self.double_checkpoint else None
-        self._trainer().save_checkpoint(self.path, all_ranks=True, keep_previous=keep_previous)
+        # every callback has seen this epoch or batch; rank 0 writes, in the background,
+        # after giving the backup it replaces the .bkp name
+        self._trainer().save_checkpoint(self.path, all_ranks=True, keep_previous=self.backup_path, background=True)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if not (self.delete_checkpoint and is_main_process()):

@@ -78,7 +78,11 @@ class Callback:
         return None
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`get_state` returned; called on resume after ``on_train_begin``."""
+        """Restore what :meth:`get_state` returned; called on resume after ``on_train_begin``.
+
+        When the run resumes mid-epoch it is called again after that epoch's ``on_epoch_begin``,
+        so a reset there does not lose the state of the epoch so far.
+        """
 
     def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         """Alias of ``on_train_batch_begin``, as in Keras."""

@@ -8,8 +8,10 @@ The loops in ``torchcb.trainer`` reach callbacks only through it. It owns:
 - ``set_model`` and ``set_params``;
 - which hooks each callback implements, looked up once: a hook nobody overrides costs
   nothing per batch, and a training batch nobody but BaseLogger looks at builds no logs;
-- the deferred-save round: a full checkpoint asked for inside a hook (``model.save``) is
-  written once that hook has reached every callback, so it holds all of their states;
+- the deferred-save round: a background checkpoint asked for inside a hook (ModelCheckpoint's,
+  BackupAndRestore's) is taken once that hook has reached every callback, so it holds all
+  of their states; if a callback of the round raises, it is taken before the exception
+  leaves the round, so no write asked for is lost;
 - the callbacks' checkpoint states, keyed so that another run finds them again.
 
 Example:
@@ -256,6 +258,21 @@ class CallbackList:
         while self._deferred:
             self._deferred.pop(0)()
 
+    def run_deferred_after_error(self) -> None:
+        """Inside an ``except``: run every deferred action, each even if one before it failed.
+
+        The first failure is raised once all have run; raised there, it is chained to the
+        exception being handled.
+        """
+        failure: BaseException | None = None
+        while self._deferred:
+            try:
+                self._deferred.pop(0)()
+            except BaseException as error:  # raised below, once the others have run
+                failure = failure or error
+        if failure is not None:
+            raise failure
+
     def _end_round(self) -> None:
         if self._deferred:
             self.run_deferred()
@@ -265,12 +282,12 @@ class CallbackList:
     # ----------------------------------------------------------------- the hooks
 
     def _round(self, methods: list[Any], *args: Any) -> None:
-        """Call ``methods``, then what they deferred; if one raises, its round's saves are dropped."""
+        """Call ``methods``, then what they deferred; if one raises, what was deferred before it runs first."""
         try:
             for method in methods:
                 method(*args)
         except BaseException:
-            self._deferred.clear()  # they would not hold a state every callback has seen
+            self.run_deferred_after_error()  # a backup asked for at this batch or epoch is not lost
             raise
         self._end_round()
 
@@ -333,10 +350,16 @@ class CallbackList:
         self._call("on_predict_end", logs)
 
     def on_train_error(self, error: BaseException) -> None:
-        self._deferred.clear()  # what the failed round asked for
+        failure = None
+        try:
+            self.run_deferred_after_error()  # asked for before the error, behind a deferred save that raised
+        except BaseException as raised:
+            failure = raised
         for method in self.methods("on_train_error"):
             method(error)
         self.run_deferred()  # a save asked for while training fails is written now
+        if failure is not None:
+            raise failure
 
     # ----------------------------------------------------------------- fit's training batches
 
@@ -393,20 +416,20 @@ class CallbackList:
         if self._add_to_sums is not None:
             self._add_to_sums(outputs, size)  # first, as BaseLogger is in Keras' order
         try:
+            if self._group_hooks:  # gathered first: a write asked for in this round checks this batch too
+                if not self._group:
+                    self._group_first = step
+                self._group.append(outputs)
             if self._batch_end:
                 if logs is None:
                     logs = Logs(batch=step, size=size)
                 logs.update_raw(outputs)
                 for hook in self._batch_end:
                     hook(step, logs)
-            if self._group_hooks:
-                if not self._group:
-                    self._group_first = step
-                self._group.append(outputs)
-                if len(self._group) >= self._group_size:
-                    self.end_batch_group()
+            if self._group_hooks and len(self._group) >= self._group_size:
+                self.end_batch_group()
         except BaseException:
-            self._deferred.clear()  # as in _round
+            self.run_deferred_after_error()  # as in _round
             raise
         if self._deferred or (self.writer is not None and self.writer.error is not None):
             self._end_round()

@@ -8,7 +8,7 @@ from typing import Any
 
 from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import BatchFrequency, MonitorCallback
-from torchcb.checkpoint import check_writable
+from torchcb.checkpoint import Checkpointing, check_writable
 from torchcb.distributed import is_main_process
 from torchcb.utils import print_msg
 
@@ -40,7 +40,10 @@ class ModelCheckpoint(MonitorCallback):
 
     ``filepath`` may hold placeholders filled from the logs: ``{epoch}`` and ``{batch}``
     (both 1-based) and any log key, e.g. ``"ckpt/weights.{epoch:02d}-{val_loss:.2f}.pt"``.
-    Parent directories are created. Any file name works; the format is torch's.
+    Parent directories are created. Any file name works; the format is torch's. Under
+    torchcb's Trainer the state is taken once every callback has seen the epoch (or batch)
+    and written by a background thread while training goes on; ``fit`` returns with every
+    file on disk, and a load of the file waits for its pending write.
 
     Args:
         filepath: where to save; a ``str`` or ``os.PathLike``, not an existing directory.
@@ -197,7 +200,13 @@ class ModelCheckpoint(MonitorCallback):
             self.best = current
         elif self.verbose > 0:
             print_msg("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
-        if self.save_weights_only:
+        trainer = getattr(self.model, "trainer", None)
+        if isinstance(trainer, Checkpointing):  # torchcb's trainer: written in the background, once the round ends
+            if self.save_weights_only:
+                trainer.save_weights(filepath, background=True)
+            else:
+                trainer.save_checkpoint(filepath, background=True)
+        elif self.save_weights_only:
             self.model.save_weights(filepath, overwrite=True)
         else:
             self.model.save(filepath, overwrite=True)

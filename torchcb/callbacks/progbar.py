@@ -65,9 +65,14 @@ class Progbar:
         self._values: dict[str, list[float]] = {}
         self._order: list[str] = []
         self._seen_so_far = 0
+        self._first = 0  # where the bar started: a resumed epoch starts at the batch it resumes from
         self._total_width = 0
         self._start = time.time()
         self._last_update = 0.0
+
+    def start_at(self, current: int) -> None:
+        """Start the count at ``current`` (an epoch resumed mid-way), not at 0."""
+        self._seen_so_far = self._first = current
 
     def due(self, current: int) -> bool:
         """Whether a redraw at ``current`` would be shown now (terminal, and the interval passed)."""
@@ -122,7 +127,7 @@ class Progbar:
     def _draw_running(self, current: int, now: float) -> None:
         previous = self._total_width
         bar = self._bar(current)
-        per_unit = (now - self._start) / current if current else 0.0
+        per_unit = (now - self._start) / (current - self._first) if current > self._first else 0.0
         info = ""
         if self.target is not None:
             eta = per_unit * (self.target - current)
@@ -145,7 +150,7 @@ class Progbar:
         if self.verbose == 2:
             self._write(" - %.0fs%s\n" % (elapsed, self._metrics(2)))
             return
-        per_unit = elapsed / current if current else 0.0
+        per_unit = elapsed / (current - self._first) if current > self._first else 0.0
         if per_unit >= 1:
             timing = " %.0fs/step" % per_unit
         elif per_unit >= 1e-3:
@@ -184,6 +189,7 @@ class ProgbarLogger(Callback):
         self.use_steps = count_mode == "steps"
         self.stateful_metrics = set(stateful_metrics or [])
         self._in_fit = False
+        self.seen = 0
         self.progbar: Progbar | None = None
 
     def _start_bar(self) -> None:
@@ -195,11 +201,23 @@ class ProgbarLogger(Callback):
         self._pending: list[tuple[dict[str, Any], int]] = []
         self.progbar = Progbar(self.target, self.verbose, self.interval, self.stateful_metrics)
 
-    def _batch_end(self, logs: dict) -> None:
+    def get_state(self) -> dict[str, Any]:
+        """The count of the epoch so far: a run resumed mid-epoch shows its bar from there."""
+        return {"seen": self.seen}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.seen = int(state["seen"])
+        if self.progbar is not None:
+            self.progbar.start_at(self.seen)
+
+    def _batch_end(self, batch: int, logs: dict) -> None:
         size = dict.get(logs, "size", 1)  # dict.get: never reads device values back
+        if self.progbar is None:
+            self._start_bar()
+        if self.seen == 0 and batch > 0:  # resumed mid-epoch from a backup written without a bar
+            self.seen = batch if self._count_steps else batch * (self.params.get("batch_size") or size)
+            self.progbar.start_at(self.seen)  # type: ignore[union-attr]
         self.seen += 1 if self._count_steps else size
-        if self.progbar is None and self._in_fit:
-            self._start_bar()  # a run resumed mid-epoch has no on_epoch_begin for that epoch
         if self.progbar is None or not self.progbar.dynamic or self.verbose != 1:
             return  # nothing is drawn before the end: keep nothing, read nothing
         items = logs.raw_items() if isinstance(logs, Logs) else logs.items()
@@ -239,7 +257,7 @@ class ProgbarLogger(Callback):
             print("Epoch %d/%d" % (epoch + 1, self.epochs))
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._batch_end(logs or {})
+        self._batch_end(batch, logs or {})
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -257,7 +275,7 @@ class ProgbarLogger(Callback):
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if not self._in_fit:
-            self._batch_end(logs or {})
+            self._batch_end(batch, logs or {})
 
     def on_test_end(self, logs: dict | None = None) -> None:
         if not self._in_fit:
@@ -267,7 +285,7 @@ class ProgbarLogger(Callback):
         self._start_bar()
 
     def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._batch_end({"size": (logs or {}).get("size", 1)})
+        self._batch_end(batch, {"size": (logs or {}).get("size", 1)})
 
     def on_predict_end(self, logs: dict | None = None) -> None:
         self._finish({}, [])
