@@ -311,3 +311,26 @@ def test_write_steps_per_second_writes_batch_and_epoch_rates(tmp_path):
         callbacks=[TensorBoard(epoch_only, write_graph=False, write_steps_per_second=True)],
     )
     assert "batch_steps_per_second" not in _events(epoch_only / "train").Tags()["scalars"]
+
+
+def test_graph_and_embeddings_passes_keep_a_frozen_submodule_in_eval_mode(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    net[1].eval()  # frozen statistics: no pass of the callback may switch them back to training
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.05), loss="sparse_categorical_crossentropy")
+    stats = net[1].running_mean.clone()
+    data = np.random.rand(6, 4).astype(np.float32)
+    trainer.fit(
+        *make_data(8),
+        batch_size=4,
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            TensorBoard(
+                tmp_path, write_graph=True, embeddings_freq=1, embeddings_layer_names=["0"], embeddings_data=data
+            )
+        ],
+    )
+    assert _events(tmp_path / "train").Tags()["graph"] is True
+    assert (tmp_path / "train" / "00000" / "0" / "tensors.tsv").exists()
+    assert net[1].training is False and net[0].training is True
+    assert torch.equal(net[1].running_mean, stats)

@@ -15,6 +15,7 @@ from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import Callback
 from torchcb.data import Batching, Placement, make_source
 from torchcb.distributed import is_main_process
+from torchcb.step import module_modes, set_modes
 
 __all__ = ["TensorBoard"]
 
@@ -293,7 +294,7 @@ class TensorBoard(Callback):
         if batch is None or isinstance(batch.x, dict):
             raise ValueError("the graph is traced from positional inputs; this module takes a dict")
         module = trainer.module
-        was_training = module.training
+        modes = module_modes(module)  # put back one by one: a submodule frozen in eval mode stays so
         module.eval()
         try:
             with warnings.catch_warnings(), torch.no_grad():
@@ -301,7 +302,7 @@ class TensorBoard(Callback):
                 inputs = tuple(batch.x) if isinstance(batch.x, (list, tuple)) else batch.x
                 self._writer("train").add_graph(module, inputs)
         finally:
-            module.train(was_training)
+            set_modes(modes)
 
     def _metadata_for(self, name: str) -> Any:
         path = self.embeddings_metadata
@@ -359,14 +360,14 @@ class TensorBoard(Callback):
             placement=Placement(trainer.device),
             with_targets=False,
         )
-        was_training = module.training
+        modes = module_modes(module)
         module.eval()
         try:
             with torch.no_grad():
                 for batch in source.epoch():
                     trainer.forward(batch.x)
         finally:
-            module.train(was_training)
+            set_modes(modes)
             for handle in handles:
                 handle.remove()
         return {n: torch.cat(chunks) for n, chunks in outputs.items() if chunks}
