@@ -1,4 +1,6 @@
-"""Sessions: tests, lint, examples. Run ``nox -s tests`` (torch's CPU build is installed first)."""
+"""Sessions: tests, lint, examples, docs, package, compat. Run ``nox -s tests`` (torch's CPU build is installed first)."""
+
+import os
 
 import nox
 
@@ -61,3 +63,23 @@ def keras(session: nox.Session) -> None:
     env = {"KERAS_BACKEND": "torch"}
     session.run("pytest", "-q", "tests/test_keras_callbacks.py", "tests/test_third_party_callbacks.py", env=env)
     session.run("python", "examples/keras_callbacks.py", env=env)
+
+
+# The supported range: the lowest torch the project claims (with numpy 1.x, which it needs) and the newest
+# release on PyPI (with numpy 2.x). Each pin goes into a constraints file so that the test extra cannot move it;
+# that file replaces any machine-wide pip constraints for this session.
+COMPAT = [("2.3.1", "numpy<2"), ("2.15.0", "numpy>=2")]
+
+
+@nox.session
+@nox.parametrize("torch_version,numpy_spec", COMPAT, ids=[torch for torch, _ in COMPAT])
+def compat(session: nox.Session, torch_version: str, numpy_spec: str) -> None:
+    """The full test suite on the oldest and the newest supported torch (CPU use of PyPI's wheels)."""
+    constraints = os.path.join(session.create_tmp(), "constraints.txt")
+    with open(constraints, "w") as file:
+        file.write(f"torch=={torch_version}\n{numpy_spec}\n")
+    env = {"PIP_CONSTRAINT": constraints}
+    session.install(f"torch=={torch_version}", numpy_spec, env=env)
+    session.install("-e", ".[test,examples]", env=env)
+    session.run("python", "-c", "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__)")
+    session.run("pytest", "-q", "-x", "-p", "no:randomly", *session.posargs)
