@@ -31,6 +31,14 @@ def examples(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site: ``mkdocs build --strict`` (a broken link or a missing reference fails it)."""
+    session.install(TORCH)
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
+
+
+@nox.session
 def crash(session: nox.Session) -> None:
     """The kill -9 tests with 50 kills at random moments (the default test run makes 5)."""
     session.install(TORCH)

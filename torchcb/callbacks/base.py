@@ -1,6 +1,6 @@
 """The callback protocol: :class:`Callback`, the hooks, and the monitor base.
 
-Hooks and their arguments follow Keras 2.3 (see KERAS_SEMANTICS.md): every hook receives
+Hooks and their arguments follow Keras 2.3: every hook receives
 a ``dict`` of logs (never ``None``), and ``on_batch_begin``/``on_batch_end`` are the
 aliases of the train-batch hooks.
 """
