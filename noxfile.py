@@ -1,5 +1,6 @@
 """Sessions: tests, lint, examples, docs, package, compat. Run ``nox -s tests`` (torch's CPU build is installed first)."""
 
+import glob
 import os
 
 import nox
@@ -36,6 +37,17 @@ def docs(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel, ``twine check`` them, and run the quickstart from the installed wheel."""
+    session.install(TORCH)
+    session.install("-e", ".[test,examples,dev]")
+    out = session.create_tmp()
+    session.run("python", "-m", "build", "--outdir", os.path.join(out, "dist"), ".")
+    session.run("twine", "check", "--strict", *sorted(glob.glob(os.path.join(out, "dist", "*"))))
+    session.run("pytest", "-q", "-m", "slow", "tests/test_packaging.py")
 
 
 @nox.session
