@@ -29,6 +29,8 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".[examples]")
     for script in ("quickstart.py", "loss_history.py", "json_lines.py", "ddp.py"):
         session.run("python", f"examples/{script}")
+    session.install("-e", ".[test,notebook]")
+    session.run("pytest", "-q", "tests/test_notebook.py")  # runs examples/quickstart.ipynb in a kernel, checks its bars
 
 
 @nox.session
