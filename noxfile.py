@@ -21,6 +21,10 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
+    # types: pyright in basic mode, configured under [tool.pyright] in pyproject.toml
+    session.install(TORCH)
+    session.install("-e", ".[dev]")
+    session.run("pyright")
 
 
 @nox.session
