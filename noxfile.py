@@ -23,7 +23,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
     # types: pyright in basic mode, configured under [tool.pyright] in pyproject.toml
     session.install(TORCH)
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,keras]")  # keras: keras_interop imports it (lazily)
     session.run("pyright")
 
 
