@@ -1,4 +1,7 @@
-"""Sessions: tests, lint, examples. Run ``nox -s tests`` (torch's CPU build is installed first)."""
+"""Sessions: tests, lint, examples, docs, package, compat. Run ``nox -s tests`` (torch's CPU build is installed first)."""
+
+import glob
+import os
 
 import nox
 
@@ -18,6 +21,10 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
+    # types: pyright in basic mode, configured under [tool.pyright] in pyproject.toml
+    session.install(TORCH)
+    session.install("-e", ".[dev,keras]")  # keras: keras_interop imports it (lazily)
+    session.run("pyright")
 
 
 @nox.session
@@ -26,6 +33,27 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".[examples]")
     for script in ("quickstart.py", "loss_history.py", "json_lines.py", "ddp.py"):
         session.run("python", f"examples/{script}")
+    session.install("-e", ".[test,notebook]")
+    session.run("pytest", "-q", "tests/test_notebook.py")  # runs examples/quickstart.ipynb in a kernel, checks its bars
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site: ``mkdocs build --strict`` (a broken link or a missing reference fails it)."""
+    session.install(TORCH)
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel, ``twine check`` them, and run the quickstart from the installed wheel."""
+    session.install(TORCH)
+    session.install("-e", ".[test,examples,dev]")
+    out = session.create_tmp()
+    session.run("python", "-m", "build", "--outdir", os.path.join(out, "dist"), ".")
+    session.run("twine", "check", "--strict", *sorted(glob.glob(os.path.join(out, "dist", "*"))))
+    session.run("pytest", "-q", "-m", "slow", "tests/test_packaging.py")
 
 
 @nox.session
@@ -61,3 +89,23 @@ def keras(session: nox.Session) -> None:
     env = {"KERAS_BACKEND": "torch"}
     session.run("pytest", "-q", "tests/test_keras_callbacks.py", "tests/test_third_party_callbacks.py", env=env)
     session.run("python", "examples/keras_callbacks.py", env=env)
+
+
+# The supported range: the lowest torch the project claims (with numpy 1.x, which it needs) and the newest
+# release on PyPI (with numpy 2.x). Each pin goes into a constraints file so that the test extra cannot move it;
+# that file replaces any machine-wide pip constraints for this session.
+COMPAT = [("2.3.1", "numpy<2"), ("2.15.0", "numpy>=2")]
+
+
+@nox.session
+@nox.parametrize("torch_version,numpy_spec", COMPAT, ids=[torch for torch, _ in COMPAT])
+def compat(session: nox.Session, torch_version: str, numpy_spec: str) -> None:
+    """The full test suite on the oldest and the newest supported torch (CPU use of PyPI's wheels)."""
+    constraints = os.path.join(session.create_tmp(), "constraints.txt")
+    with open(constraints, "w") as file:
+        file.write(f"torch=={torch_version}\n{numpy_spec}\n")
+    env = {"PIP_CONSTRAINT": constraints}
+    session.install(f"torch=={torch_version}", numpy_spec, env=env)
+    session.install("-e", ".[test,examples]", env=env)
+    session.run("python", "-c", "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__)")
+    session.run("pytest", "-q", "-x", "-p", "no:randomly", *session.posargs)

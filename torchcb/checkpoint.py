@@ -406,7 +406,8 @@ def safe_load(path: str | os.PathLike | io.BytesIO, map_location: Any = "cpu", s
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except pickle.UnpicklingError as error:
-        if "GLOBAL" in str(error) or "global" in str(error):  # an object whose loading runs code
+        # an object whose loading runs code ("Unsupported class" is torch < 2.4's wording)
+        if "GLOBAL" in str(error) or "global" in str(error) or "Unsupported class" in str(error):
             raise CheckpointError(
                 f"Refusing to load {name!r}: it is not a checkpoint of plain tensors and "
                 f"containers (torch.load with weights_only=True rejected it: {error})."

@@ -211,7 +211,7 @@ class RunningMeans:
         self._sums: dict[str, Any] = {}
         self._seen = 0
 
-    def update(self, values: Mapping[str, Any], size: int) -> KerasLogs:
+    def update(self, values: dict[str, Any], size: int) -> KerasLogs:
         """Add one batch (``batch``/``size`` keys are left out) and return the means so far."""
         self._seen += size
         means = {}
@@ -260,7 +260,7 @@ class EpochTotals:
         self._rows: list[dict[str, Any]] = []  # the batches added since the last fold
         self._sizes: list[int] = []
         self._sums: dict[str, Any] = {}
-        self._weights: dict[str, int] = {}
+        self._weights: dict[str, float] = {}  # sample counts; floats once all-reduced
         self._last: dict[str, Any] = {}
 
     @property
@@ -268,7 +268,7 @@ class EpochTotals:
         """How many samples were added."""
         return self._folded_seen + sum(self._sizes)
 
-    def add(self, values: Mapping[str, Any], size: int) -> None:
+    def add(self, values: dict[str, Any], size: int) -> None:
         """Add one batch's values, each weighted by ``size`` samples (nothing is read back)."""
         # a copy of the values stored now (dict.items: a Logs is not read back)
         self._rows.append(values.copy() if values.__class__ is dict else dict(dict.items(values)))

@@ -6,7 +6,7 @@ import csv
 import io
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -127,7 +127,12 @@ class CSVLogger(Callback):
             if not kept:
                 writer.writeheader()
             writer.writerow(row)
-            atomic_write(self.filename, lambda f: f.write(text.getvalue().encode()))
+            data = text.getvalue().encode()
+
+            def write_rows(file: BinaryIO) -> None:
+                file.write(data)
+
+            atomic_write(self.filename, write_rows)
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
         with open(self.filename, "w" if first == "fresh" else "a", newline="") as f:

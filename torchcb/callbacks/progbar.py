@@ -1,6 +1,6 @@
 """ProgbarLogger and the Keras 2 progress-bar renderer.
 
-On a terminal, ``verbose=1`` redraws one line at most every ``interval`` seconds:
+On a terminal or in a notebook, ``verbose=1`` redraws one line at most every ``interval`` seconds:
 ``  64/1000 [=>............................] - ETA: 3s - loss: 0.6931``. When stdout is not
 a terminal (a pipe, a file, CI), it writes one finished line per epoch and never a
 per-batch redraw or backspace. ``verbose=2`` writes one line per epoch:
@@ -22,7 +22,21 @@ from torchcb.callbacks.base import Callback
 from torchcb.distributed import is_main_process
 from torchcb.logs import Logs, read_floats
 
-__all__ = ["Progbar", "ProgbarLogger"]
+__all__ = ["Progbar", "ProgbarLogger", "in_notebook"]
+
+
+def in_notebook() -> bool:
+    """Whether this process is an IPython kernel (Jupyter, VS Code, Colab), as Keras and tqdm detect it.
+
+    Example:
+        >>> in_notebook()  # a plain interpreter, or pytest
+        False
+    """
+    if "ipykernel" not in sys.modules:
+        return False
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def _format_value(value: float, verbose: int) -> str:
@@ -61,7 +75,9 @@ class Progbar:
         self.interval = interval
         self.stateful_metrics = set(stateful_metrics or [])
         stream = sys.stdout
-        self.dynamic = dynamic if dynamic is not None else bool(getattr(stream, "isatty", lambda: False)())
+        self._notebook = in_notebook()  # Jupyter redraws with "\r" alone and shows backspaces as they are
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.dynamic = dynamic if dynamic is not None else (tty or self._notebook)
         self._values: dict[str, list[float]] = {}
         self._order: list[str] = []
         self._seen_so_far = 0
@@ -142,7 +158,7 @@ class Progbar:
         line = bar + info
         self._total_width = len(line)
         padding = " " * max(previous - len(line), 0)
-        self._write("\b" * previous + "\r" + line + padding)
+        self._write(("" if self._notebook else "\b" * previous) + "\r" + line + padding)
         self._last_update = now
 
     def _draw_final(self, current: int, now: float) -> None:
@@ -158,7 +174,8 @@ class Progbar:
         else:
             timing = " %.0fus/step" % (per_unit * 1e6)
         line = self._bar(current) + " - %.0fs" % elapsed + timing + self._metrics(1)
-        prefix = ("\b" * self._total_width + "\r") if self.dynamic and self._total_width else ""
+        erase = "" if self._notebook else "\b" * self._total_width
+        prefix = (erase + "\r") if self.dynamic and self._total_width else ""
         padding = " " * max(self._total_width - len(line), 0) if prefix else ""
         self._write(prefix + line + padding + "\n")
         self._last_update = now

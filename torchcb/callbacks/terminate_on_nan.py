@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -75,7 +75,7 @@ class TerminateOnNaN(Callback):
         losses = [values.get("loss") for values in outputs]
         if all(map(isinstance, losses, itertools.repeat(torch.Tensor))):  # the usual case: one read for all
             self._check_pending()  # batches handed over one by one before, if any, come first
-            self._pending, self._first_pending = losses, first_batch
+            self._pending, self._first_pending = cast("list[torch.Tensor]", losses), first_batch
         else:
             for offset, loss in enumerate(losses):
                 self._add(first_batch + offset, loss)
