@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
-from torchcb import distributed
+from torchcb import distributed, sharded
 from torchcb.data import tree_leaves, tree_map
 
 # torch.save imports its serialization config on first use, which takes milliseconds;
@@ -666,7 +666,18 @@ class Checkpointing:
             all_ranks: every rank calls this at the same point (BackupAndRestore does), so the
                 epoch sums and metric states of all ranks are saved.
             keep_previous: copy the file being replaced there first (``double_checkpoint``).
+
+        Under torchrun inside ``fit`` every rank calls it at the same point (as every callback
+        hook runs on every rank), so the saved epoch sums and metric states are those of all
+        ranks. With ``strategy="fsdp"`` the checkpoint is a sharded directory that every rank
+        writes (see ``torchcb.sharded``).
         """
+        if getattr(self, "sharding", None) is not None:
+            sharded.save_checkpoint(
+                self, path, keep_previous=None if keep_previous is None else os.fspath(keep_previous)
+            )
+            return
+        all_ranks = all_ranks or (self.distributed and self.callback_list is not None)
         if distributed.is_main_process():
             check_writable(path, "checkpoint path")
         elif not all_ranks:
@@ -675,7 +686,13 @@ class Checkpointing:
         self._save(path, lambda: TrainingState.capture(self, all_ranks).as_dict(), all_ranks, previous)
 
     def save_weights(self, path: str | os.PathLike) -> None:
-        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes."""
+        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes.
+
+        Under FSDP every rank calls it: the full tensors are gathered to rank 0, which writes one plain file.
+        """
+        if getattr(self, "sharding", None) is not None:
+            self._save(path, lambda: sharded.full_state_dict(self.module, rank0_only=True), False, None)
+            return
         if distributed.is_main_process():
             self._save(path, self.module.state_dict, False, None)
 
@@ -723,6 +740,9 @@ class Checkpointing:
             >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
             >>> # trainer.load_checkpoint("ckpt/last.pt"); trainer.fit(x, y, epochs=10, callbacks=[...])
         """
+        if getattr(self, "sharding", None) is not None and sharded.is_checkpoint_dir(path):
+            self._pending_resume = sharded.load_checkpoint(self, path)  # type: ignore[arg-type]
+            return self.epochs_completed
         return self.restore_state(TrainingState.load(path, map_location=self.device), source=os.fspath(path))
 
     def restore_state(self, state: TrainingState, source: str = "the checkpoint") -> int:
@@ -744,4 +764,10 @@ class Checkpointing:
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""
+        if sharded.is_checkpoint_dir(path):
+            sharded.load_weights(self.module, path)
+            return
+        if getattr(self, "sharding", None) is not None:  # every rank reads the full file
+            sharded.set_full_state_dict(self.module, load_module_state(path, self.module, map_location="cpu"))
+            return
         self.module.load_state_dict(load_module_state(path, self.module, map_location=self.device))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from torchcb import distributed
+from torchcb import distributed, sharded
 from torchcb._checks import check_int, check_verbose, validation_schedule
 from torchcb.callbacks.callback_list import CallbackList
 from torchcb.callbacks.history import History
@@ -63,6 +63,12 @@ class Trainer(Steps, Checkpointing):
             the one ``torchrun`` sets up (see "Distributed training" in the README).
         stop_check_every: under torchrun, how many batches pass between the agreements on
             ``stop_training`` (a one-number all-reduce; none is added to each step).
+        strategy: under torchrun, ``"ddp"`` (DistributedDataParallel: the whole module on
+            every rank) or ``"fsdp"`` (FSDP2's ``fully_shard`` on each top-level child, then
+            the root; a ``torchcb.sharded.FSDP(policy=...)`` picks the submodules). Build the
+            optimizer over ``module.parameters()`` as usual: it is pointed at the sharded
+            parameters. With ``"fsdp"`` checkpoints are sharded directories that resume at any
+            world size (see ``torchcb.sharded``), in a single process too.
 
     Attributes:
         model: the Keras-shaped facade every callback sees (``torchcb.facade.KerasModel``).
@@ -103,11 +109,13 @@ class Trainer(Steps, Checkpointing):
         compile: bool = False,  # noqa: A002  (the name users look for)
         process_group: Any = None,
         stop_check_every: int = 32,
+        strategy: Any = "ddp",
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        fsdp = sharded.check_strategy(strategy)
         local_rank = distributed.init_from_env(process_group, device)  # None in a single process
         self.distributed = local_rank is not None
         if device is None:
@@ -129,6 +137,7 @@ class Trainer(Steps, Checkpointing):
             compile=compile,
             process_group=process_group,
             distributed=self.distributed,
+            strategy=fsdp,
         )
         self.stop_check_every = check_int(stop_check_every, "stop_check_every", 1)
         self.epochs_completed = 0
@@ -366,7 +375,7 @@ class Trainer(Steps, Checkpointing):
         self._reset_stateful_metrics()
         totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
         callbacks.on_test_begin({})
-        with torch.no_grad():
+        with torch.no_grad(), self.gathered():
             for step, batch in enumerate(source.epoch()):
                 logs = Logs(batch=step, size=batch.size)
                 callbacks.on_test_batch_begin(step, logs)
@@ -462,7 +471,7 @@ class Trainer(Steps, Checkpointing):
         self.module.eval()
         outputs = []
         callback_list.on_predict_begin({})
-        with torch.no_grad():
+        with torch.no_grad(), self.gathered():
             for step, batch in enumerate(source.epoch()):
                 callback_list.on_predict_batch_begin(step, {"batch": step, "size": batch.size})
                 output = self.predict_step(batch)
