@@ -112,6 +112,19 @@ def train(out):
     resumed.load_checkpoint(f"{out}/ddp-mid.pt")  # saved at batch 3 of epoch 1's 4
     report["ddp_mid"] = {"reference": reference, "resumed": _fit(resumed, validation=False).history}
 
+    # a torchmetrics metric (its compute() syncs the ranks) computes once an epoch, not every batch
+    from torchmetrics.classification import MulticlassAccuracy
+
+    class Counted(MulticlassAccuracy):
+        computes = 0
+
+        def compute(self):
+            Counted.computes += 1
+            return super().compute()
+
+    history = _fit(_trainer("ddp", metrics=[Counted(num_classes=2, average="micro")]), epochs=2, validation=False)
+    report["computes"] = {"count": Counted.computes, "history": history.history}
+
     with open(f"{out}/train{rank}.json", "w") as f:
         json.dump(report, f)
 

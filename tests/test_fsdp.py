@@ -102,6 +102,13 @@ def test_model_save_holds_every_ranks_epoch_sums(trained):
         assert resumed["accuracy"] == pytest.approx(reference["accuracy"], rel=1e-6)
 
 
+def test_a_syncing_metric_computes_once_an_epoch_on_every_rank(trained):
+    _, ranks = trained
+    assert ranks[0]["computes"]["count"] == ranks[1]["computes"]["count"] == 2  # 4 batches an epoch, 2 epochs
+    assert ranks[0]["computes"]["history"] == ranks[1]["computes"]["history"]
+    assert ranks[0]["computes"]["history"]["counted"] == pytest.approx(ranks[0]["ddp"]["accuracy"][:2])
+
+
 @pytest.mark.parametrize("world", [1, 2])
 def test_resume_at_another_world_size_equals_the_uninterrupted_run(resumed, world):
     uninterrupted = json.loads((resumed / "uninterrupted0.json").read_text())

@@ -31,7 +31,7 @@ from torchcb.data import (
     validation_source,
 )
 from torchcb.facade import KerasModel
-from torchcb.logs import EpochTotals, Logs
+from torchcb.logs import EpochTotals, Logs, resolve_pending
 from torchcb.step import Steps
 
 __all__ = ["Trainer"]
@@ -372,14 +372,20 @@ class Trainer(Steps, Checkpointing):
         """Run the test hooks over ``source``; returns the size-weighted averages of the step's logs."""
         was_training = self.module.training
         self.module.eval()
+        for callback in self.callback_list or ():  # the training epoch's metric values, before the reset
+            if isinstance(getattr(callback, "totals", None), EpochTotals):
+                callback.totals.settle()
         self._reset_stateful_metrics()
         totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
         callbacks.on_test_begin({})
+        batch_logs = bool(callbacks.methods("on_test_batch_begin") or callbacks.methods("on_test_batch_end"))
         with torch.no_grad(), self.gathered():
             for step, batch in enumerate(source.epoch()):
                 logs = Logs(batch=step, size=batch.size)
                 callbacks.on_test_batch_begin(step, logs)
                 outputs = self.test_step(batch)
+                if batch_logs:  # a stateful metric computes only for logs a callback is handed
+                    resolve_pending(outputs)
                 logs.update_raw(outputs)
                 totals.add(outputs, batch.size)
                 callbacks.on_test_batch_end(step, logs)
