@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
-from torchcb import distributed, sharded
+from torchcb import distributed
 from torchcb.data import tree_leaves, tree_map
 
 # torch.save imports its serialization config on first use, which takes milliseconds;
@@ -631,6 +631,7 @@ class Checkpointing:
     module: torch.nn.Module
     device: torch.device
     distributed: bool
+    sharding: Any  # torchcb.sharded.FSDP, whose methods write and read the sharded format; or None
     callback_list: CallbackList | None
     writer: BackgroundWriter
     serialize_at_once_below: int
@@ -673,7 +674,7 @@ class Checkpointing:
         writes (see ``torchcb.sharded``).
         """
         if getattr(self, "sharding", None) is not None:
-            sharded.save_checkpoint(
+            self.sharding.save_checkpoint(
                 self, path, keep_previous=None if keep_previous is None else os.fspath(keep_previous)
             )
             return
@@ -691,7 +692,7 @@ class Checkpointing:
         Under FSDP every rank calls it: the full tensors are gathered to rank 0, which writes one plain file.
         """
         if getattr(self, "sharding", None) is not None:
-            self._save(path, lambda: sharded.full_state_dict(self.module, rank0_only=True), False, None)
+            self._save(path, lambda: self.sharding.full_state_dict(self.module), False, None)
             return
         if distributed.is_main_process():
             self._save(path, self.module.state_dict, False, None)
@@ -740,8 +741,8 @@ class Checkpointing:
             >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
             >>> # trainer.load_checkpoint("ckpt/last.pt"); trainer.fit(x, y, epochs=10, callbacks=[...])
         """
-        if getattr(self, "sharding", None) is not None and sharded.is_checkpoint_dir(path):
-            self._pending_resume = sharded.load_checkpoint(self, path)  # type: ignore[arg-type]
+        if getattr(self, "sharding", None) is not None and self.sharding.is_checkpoint_dir(path):
+            self._pending_resume = self.sharding.load_checkpoint(self, path)
             return self.epochs_completed
         return self.restore_state(TrainingState.load(path, map_location=self.device), source=os.fspath(path))
 
@@ -764,10 +765,11 @@ class Checkpointing:
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""
-        if sharded.is_checkpoint_dir(path):
-            sharded.load_weights(self.module, path)
+        sharding = getattr(self, "sharding", None)  # with strategy="fsdp": a directory, or a file every rank reads
+        if sharding is not None and sharding.is_checkpoint_dir(path):
+            sharding.load_weights(self.module, path)
             return
-        if getattr(self, "sharding", None) is not None:  # every rank reads the full file
-            sharded.set_full_state_dict(self.module, load_module_state(path, self.module, map_location="cpu"))
+        if sharding is not None:
+            sharding.set_full_state_dict(self.module, load_module_state(path, self.module, map_location="cpu"))
             return
         self.module.load_state_dict(load_module_state(path, self.module, map_location=self.device))

@@ -98,6 +98,32 @@ class FSDP:
     def __repr__(self) -> str:
         return f"FSDP(policy={self.policy!r}, **{self.options!r})"
 
+    # The checkpoint format of this strategy: torchcb.checkpoint reaches it through the trainer's
+    # ``sharding`` (this object), so that it does not import this module back.
+    def save_checkpoint(self, trainer: Trainer, path: str | os.PathLike, keep_previous: str | None = None) -> None:
+        """:func:`save_checkpoint`."""
+        save_checkpoint(trainer, path, keep_previous=keep_previous)
+
+    def load_checkpoint(self, trainer: Trainer, path: str | os.PathLike) -> TrainingState:
+        """:func:`load_checkpoint`."""
+        return load_checkpoint(trainer, path)
+
+    def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """:func:`full_state_dict` on rank 0 (empty elsewhere)."""
+        return full_state_dict(module, rank0_only=True)
+
+    def set_full_state_dict(self, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """:func:`set_full_state_dict`."""
+        set_full_state_dict(module, state)
+
+    def is_checkpoint_dir(self, path: str | os.PathLike) -> bool:
+        """:func:`is_checkpoint_dir`."""
+        return is_checkpoint_dir(path)
+
+    def load_weights(self, module: torch.nn.Module, path: str | os.PathLike) -> None:
+        """:func:`load_weights`."""
+        load_weights(module, path)
+
 
 def check_strategy(strategy: Any) -> FSDP | None:
     """``None`` for ``"ddp"``, an :class:`FSDP` for ``"fsdp"`` or an FSDP object; ``ValueError`` otherwise."""
