@@ -31,6 +31,10 @@ class BackupAndRestore(Callback):
     CSV rows as a run never interrupted (bitwise on the CPU, for in-memory arrays,
     Datasets and DataLoaders).
 
+    With ``strategy="fsdp"`` the backup is a sharded checkpoint directory ``latest.pt/`` that
+    every rank writes its shards into (put ``backup_dir`` on storage every rank shares); it
+    resumes at any number of ranks (a mid-epoch backup, at the number that wrote it).
+
     Args:
         backup_dir: the directory for the backup files.
         save_freq: ``"epoch"`` to back up after every epoch, or a number of batches.

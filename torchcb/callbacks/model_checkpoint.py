@@ -43,7 +43,8 @@ class ModelCheckpoint(MonitorCallback):
     Parent directories are created. Any file name works; the format is torch's.
 
     Args:
-        filepath: where to save; a ``str`` or ``os.PathLike``, not an existing directory.
+        filepath: where to save; a ``str`` or ``os.PathLike``, not an existing directory
+            (with ``strategy="fsdp"``, full checkpoints are sharded directories at that path).
         monitor: the log key to compare with ``save_best_only``. Default ``"val_loss"``.
         verbose: 1 prints a message for every save (and skipped save) as Keras does.
         save_best_only: save only when ``monitor`` improves on the best so far; with the
