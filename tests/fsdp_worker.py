@@ -76,6 +76,22 @@ def train(out):
     report["evaluate"] = fsdp.evaluate(*_data(9, seed=2), batch_size=4, verbose=0, return_dict=True)
     report["predict"] = fsdp.predict(_data(5)[0]).tolist()
 
+    # a module its user sharded is used as it is, with the optimizer built over its shards
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    fully_shard(net)
+    mine = Trainer(
+        net,
+        torch.optim.Adam(net.parameters(), lr=0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        device="cpu",
+        strategy="fsdp",
+    )
+    report["user_sharded"] = _fit(mine).history
+
     # save_weights writes one plain file (rank 0), load_weights and set_weights put weights back
     fsdp.model.save_weights(f"{out}/weights.pt")
     fsdp.model.save(f"{out}/final")

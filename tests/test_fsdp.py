@@ -49,6 +49,12 @@ def test_fsdp_trains_to_the_same_losses_and_weights_as_ddp(trained):
     assert ranks[0]["fsdp"] == ranks[1]["fsdp"]
 
 
+def test_a_module_its_user_sharded_is_used_as_it_is(trained):
+    _, ranks = trained
+    for report in ranks:
+        assert report["user_sharded"]["loss"] == pytest.approx(report["ddp"]["loss"], rel=1e-6)
+
+
 def test_evaluate_and_predict_run_with_uneven_shards(trained):
     _, ranks = trained
     assert ranks[0]["evaluate"] == ranks[1]["evaluate"]
