@@ -73,12 +73,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
-def ddp(session: nox.Session) -> None:
-    """The distributed tests (2 processes under torchrun) and the torchrun example."""
+def distributed(session: nox.Session) -> None:
+    """The distributed tests (2 processes under torchrun: DDP and FSDP) and both torchrun examples."""
     session.install(TORCH)
     session.install("-e", ".[test,examples]")
-    session.run("pytest", "-q", "tests/test_distributed.py")
-    session.run("torchrun", "--standalone", "--nproc_per_node=2", "examples/ddp.py")
+    session.run("pytest", "-q", "tests/test_distributed.py", "tests/test_fsdp.py")
+    for script in ("ddp.py", "fsdp.py"):
+        session.run("torchrun", "--standalone", "--nproc_per_node=2", f"examples/{script}")
 
 
 @nox.session

@@ -49,3 +49,11 @@ def test_ddp_example_runs_as_a_plain_script_too(tmp_path, capsys):
     history = _load("ddp").main(str(tmp_path / "ddp"))
     assert max(history["val_accuracy"]) >= 0.93
     assert "1 process(es)" in capsys.readouterr().out
+
+
+def test_fsdp_example_runs_as_a_plain_script_and_exports_a_plain_state_dict(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    history = _load("fsdp").main(str(tmp_path / "fsdp"))
+    assert max(history["val_accuracy"]) >= 0.93
+    assert "1 process(es)" in capsys.readouterr().out
+    assert (tmp_path / "fsdp" / "best" / ".metadata").exists() and (tmp_path / "fsdp" / "best_full.pt").exists()

@@ -171,3 +171,61 @@ def test_target_check_takes_what_keras_broadcasts_and_refuses_what_keras_refuses
     )
     assert target_broadcast("mse", outputs, torch.zeros(2, 10), samples=5) is None
     assert "y of shape (5,) does not fit" in target_mismatch("categorical_crossentropy", outputs, torch.zeros(2), 5)
+
+
+class CountingMean:
+    """A stateful metric that counts its compute() calls."""
+
+    def __init__(self):
+        self.computes = 0
+        self.reset()
+
+    def update(self, y_pred, y_true):
+        self.total += float(y_pred.sum())
+        self.count += y_pred.numel()
+
+    def compute(self):
+        self.computes += 1
+        return torch.tensor(self.total / max(self.count, 1))
+
+    def reset(self):
+        self.total, self.count = 0.0, 0
+
+
+def _count_computes(callbacks, validation):
+    from torchcb import Trainer
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    metric = CountingMean()
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", metrics=[metric], device="cpu")
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    history = trainer.fit(
+        x, y, batch_size=8, epochs=2, verbose=0, callbacks=callbacks, validation_split=0.25 if validation else 0.0
+    )
+    return metric.computes, history
+
+
+def test_a_stateful_metric_computes_once_per_logging_point_not_every_batch():
+    from torchcb.callbacks import LambdaCallback
+
+    computes, _ = _count_computes([], validation=False)
+    assert computes == 2  # one an epoch end: 4 batches an epoch
+    computes, history = _count_computes([], validation=True)
+    assert computes == 4  # and one at each validation end (3 training batches, 1 validation batch)
+    seen = []
+    computes, _ = _count_computes(
+        [LambdaCallback(on_batch_end=lambda b, logs: seen.append(logs["counting_mean"]))], False
+    )
+    assert computes == 2 + 8 and len(seen) == 8  # and one for each batch a callback is handed logs of
+
+
+def test_the_epoch_value_of_a_stateful_metric_is_its_training_value_before_validation():
+    from torchcb.callbacks import LambdaCallback
+
+    _, lazy = _count_computes([], validation=True)
+    # every batch computed (a batch hook asks for logs): the values Keras logs
+    _, eager = _count_computes([LambdaCallback(on_batch_end=lambda b, logs: None)], validation=True)
+    assert lazy.history["counting_mean"] == eager.history["counting_mean"]
+    assert lazy.history["val_counting_mean"] == eager.history["val_counting_mean"]
+    assert lazy.history["counting_mean"] != lazy.history["val_counting_mean"]

@@ -12,8 +12,9 @@ Example:
 
 from torchcb import backend, callbacks, utils
 from torchcb.callbacks.history import History
+from torchcb.sharded import export_full
 from torchcb.trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["History", "Trainer", "__version__", "backend", "callbacks", "utils"]
+__all__ = ["History", "Trainer", "__version__", "backend", "callbacks", "export_full", "utils"]

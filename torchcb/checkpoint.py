@@ -735,6 +735,7 @@ class Checkpointing:
     module: torch.nn.Module
     device: torch.device
     distributed: bool
+    sharding: Any  # torchcb.sharded.FSDP, whose methods write and read the sharded format; or None
     callback_list: CallbackList | None
     writer: BackgroundWriter
     serialize_at_once_below: int
@@ -781,7 +782,18 @@ class Checkpointing:
             keep_previous: keep the file being replaced under this name first (BackupAndRestore's
                 previous backup).
             background: write in the background, after the round of hooks (see above).
+
+        Under torchrun inside ``fit`` every rank calls it at the same point (as every callback
+        hook runs on every rank), so the saved epoch sums and metric states are those of all
+        ranks. With ``strategy="fsdp"`` the checkpoint is a sharded directory that every rank
+        writes (see ``torchcb.sharded``).
         """
+        if getattr(self, "sharding", None) is not None:
+            self.sharding.save_checkpoint(
+                self, path, keep_previous=None if keep_previous is None else os.fspath(keep_previous)
+            )
+            return
+        all_ranks = all_ranks or (self.distributed and self.callback_list is not None)
         if distributed.is_main_process():
             check_writable(path, "checkpoint path")
         elif not all_ranks:
@@ -790,7 +802,13 @@ class Checkpointing:
         self._save(path, lambda: TrainingState.capture(self, all_ranks).as_dict(), all_ranks, previous, background)
 
     def save_weights(self, path: str | os.PathLike, *, background: bool = False) -> None:
-        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes."""
+        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes.
+
+        Under FSDP every rank calls it: the full tensors are gathered to rank 0, which writes one plain file.
+        """
+        if getattr(self, "sharding", None) is not None:
+            self._save(path, lambda: self.sharding.full_state_dict(self.module), False, None, False)
+            return
         if distributed.is_main_process():
             self._save(path, self.module.state_dict, False, None, background)
 
@@ -843,6 +861,9 @@ class Checkpointing:
             >>> # trainer.model.save("ckpt/last.pt") in one run, then in the next:
             >>> # trainer.load_checkpoint("ckpt/last.pt"); trainer.fit(x, y, epochs=10, callbacks=[...])
         """
+        if getattr(self, "sharding", None) is not None and self.sharding.is_checkpoint_dir(path):
+            self._pending_resume = self.sharding.load_checkpoint(self, path)
+            return self.epochs_completed
         return self.restore_state(TrainingState.load(path, map_location=self.device), source=os.fspath(path))
 
     def restore_state(self, state: TrainingState, source: str = "the checkpoint") -> int:
@@ -877,4 +898,11 @@ class Checkpointing:
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""
+        sharding = getattr(self, "sharding", None)  # with strategy="fsdp": a directory, or a file every rank reads
+        if sharding is not None and sharding.is_checkpoint_dir(path):
+            sharding.load_weights(self.module, path)
+            return
+        if sharding is not None:
+            sharding.set_full_state_dict(self.module, load_module_state(path, self.module, map_location="cpu"))
+            return
         self.module.load_state_dict(load_module_state(path, self.module, map_location=self.device))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from torchcb import sharded
 from torchcb.checkpoint import wait_for_pending_write
 from torchcb.tree import tree_map
 
@@ -554,13 +555,28 @@ class KerasModel:
     def layers(self) -> list[Layer]:
         return [Layer(name, m) for name, m in self.trainer.module.named_modules() if not list(m.children())]
 
-    def get_weights(self) -> list[np.ndarray]:
-        """The module's ``state_dict`` tensors as numpy arrays, in order."""
+    def get_weights(self, rank0_only: bool = False) -> list[np.ndarray]:
+        """The module's ``state_dict`` tensors as numpy arrays, in order.
+
+        Under FSDP the full tensors are gathered (every rank calls it); with ``rank0_only``
+        only rank 0 holds them (the other ranks get an empty list), which saves their memory.
+        """
+        if sharded.is_sharded(self.trainer.module):
+            return [_to_numpy(t) for t in sharded.full_state_dict(self.trainer.module, rank0_only).values()]
         return [_to_numpy(t) for t in self.trainer.module.state_dict().values()]
 
     def set_weights(self, weights: list[Any]) -> None:
-        """Copy ``weights`` (as returned by :meth:`get_weights`) into the module."""
+        """Copy ``weights`` (as returned by :meth:`get_weights`, the full arrays on every rank) into the module."""
         state = self.trainer.module.state_dict()
+        if sharded.is_sharded(self.trainer.module):
+            if weights is None or len(weights) != len(state):
+                count = "None" if weights is None else len(weights)
+                raise ValueError(
+                    f"set_weights expects a list of {len(state)} arrays (one per state_dict entry), got {count}."
+                )
+            full = {k: torch.as_tensor(np.asarray(w)).to(dtype=v.dtype) for (k, v), w in zip(state.items(), weights)}
+            sharded.set_full_state_dict(self.trainer.module, full)
+            return
         if weights is None or len(weights) != len(state):
             count = "None" if weights is None else len(weights)
             raise ValueError(
@@ -581,6 +597,11 @@ class KerasModel:
 
     def restore_weights_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
         """Load a copy made by :meth:`weights_snapshot` back into the module."""
+        if sharded.is_sharded(self.trainer.module) and not any(
+            type(v).__name__ == "DTensor" for v in snapshot.values()
+        ):
+            sharded.set_full_state_dict(self.trainer.module, snapshot)  # gathered whole into a checkpoint
+            return
         self.trainer.module.load_state_dict(snapshot)
 
     def save(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:

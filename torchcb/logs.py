@@ -40,6 +40,8 @@ __all__ = [
     "KerasLogs",
     "RunningMeans",
     "EpochTotals",
+    "PendingCompute",
+    "resolve_pending",
     "ReadCounter",
     "device_reads",
     "read_floats",
@@ -87,6 +89,38 @@ def stack_scalars(tensors: list[torch.Tensor]) -> torch.Tensor:
             return torch.stack(tensors)  # the usual case: 0-d tensors, one call
         except RuntimeError:  # mixed shapes such as () and (1,)
             return torch.stack([t.reshape(()) for t in tensors])
+
+
+class PendingCompute:
+    """A stateful metric's running value, computed only at a logging point.
+
+    A stateful metric's step updates its state and logs this placeholder; ``compute()``
+    (which syncs the ranks, in torchmetrics under torchrun) runs once per logging point: the
+    epoch's end, validation's end, and the batches whose logs a callback is handed. Every
+    rank reaches those points alike, so a compute that syncs never waits for one rank alone.
+
+    Example:
+        >>> import torch
+        >>> pending = PendingCompute(lambda: torch.tensor(0.5))
+        >>> resolve_pending({"loss": 1.0, "auc": pending})
+        {'loss': 1.0, 'auc': tensor(0.5000)}
+    """
+
+    __slots__ = ("compute",)
+
+    def __init__(self, compute: Any) -> None:
+        self.compute = compute
+
+    def __repr__(self) -> str:
+        return "PendingCompute()"
+
+
+def resolve_pending(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (changed in place and returned) with each :class:`PendingCompute` computed."""
+    for key, value in dict.items(values):
+        if value.__class__ is PendingCompute:
+            dict.__setitem__(values, key, value.compute())
+    return values
 
 
 def _is_scalar_tensor(value: Any) -> bool:
@@ -301,6 +335,11 @@ class EpochTotals:
             self._sums[key] = partial if previous is None else previous + partial
             self._weights[key] = self._weights.get(key, 0) + sum(weights)
 
+    def settle(self) -> None:
+        """Compute the stateful metrics' values now: before something resets them (validation)."""
+        self._fold()
+        resolve_pending(self._last)
+
     def state(self, all_ranks: bool = False) -> dict[str, Any]:
         """The sums so far as plain numbers (one read), for a checkpoint.
 
@@ -314,6 +353,7 @@ class EpochTotals:
             summed = read_floats(list(distributed.all_reduce_sum([*values, *weights, seen])))
             values, weights, seen = summed[: len(keys)], summed[len(keys) : -1], summed[-1]
         sums = dict(zip(keys, read_floats([torch.as_tensor(v) for v in values])))
+        resolve_pending(self._last)
         last = dict(zip(self._last, read_floats([torch.as_tensor(v) for v in self._last.values()])))
         return {"seen": int(seen), "sums": sums, "weights": {k: int(w) for k, w in zip(keys, weights)}, "last": last}
 
@@ -338,7 +378,7 @@ class EpochTotals:
         for key, total in self._sums.items():
             weight = self._weights[key]
             out[key] = total / weight if weight else float("nan")
-        for key, value in self._last.items():
+        for key, value in resolve_pending(self._last).items():  # a stateful metric's one compute
             out[key] = value
         keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
         for key, value in zip(keys, read_floats([out[k] for k in keys])):

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from torchcb.logs import PendingCompute
+
 __all__ = [
     "KNOWN_LOSSES",
     "KNOWN_METRICS",
@@ -386,7 +388,10 @@ class Metric:
 class StatefulMetric(Metric):
     """A metric object with ``update``/``compute``/``reset`` (torchmetrics works).
 
-    Logged as its running value (``compute()`` after each update), not averaged.
+    Logged as its running value, not averaged. Each batch updates it; ``compute()`` (which
+    syncs the ranks in torchmetrics) runs only at the logging points: the epoch's end,
+    validation's end and the batches whose logs a callback is handed (see
+    ``torchcb.logs.PendingCompute``).
     """
 
     stateful = True
@@ -394,10 +399,14 @@ class StatefulMetric(Metric):
     def __init__(self, metric: Any, name: str) -> None:
         super().__init__(metric, name, getattr(metric, "higher_is_better", None))
         self.metric = metric
+        self._pending = PendingCompute(self._compute)
 
-    def __call__(self, y_pred: Any, y_true: Any) -> torch.Tensor:
-        self.metric.update(y_pred, y_true)
+    def _compute(self) -> Any:
         return self.metric.compute()
+
+    def __call__(self, y_pred: Any, y_true: Any) -> Any:
+        self.metric.update(y_pred, y_true)
+        return self._pending  # computed where it is logged
 
     def reset(self) -> None:
         self.metric.reset()

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from torchcb import sharded
 from torchcb._checks import check_forward_keys, check_int
 from torchcb.data import ArraySource, Batch, Source
 from torchcb.ema import WeightAverage, check_ema_arguments
@@ -78,7 +79,9 @@ class Steps:
         :class:`torchcb.Trainer` takes them.
         device: where the module runs.
         process_group: with ``distributed`` set, the group DistributedDataParallel reduces over.
-        distributed: whether training steps go through DistributedDataParallel.
+        distributed: whether training steps go through DistributedDataParallel (or FSDP).
+        strategy: ``None`` for DistributedDataParallel, or a :class:`torchcb.sharded.FSDP`:
+            the module is then sharded with FSDP2 under torchrun (see ``torchcb.sharded``).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Steps:
         use_ema: bool = False,
         ema_momentum: float = 0.99,
         ema_overwrite_frequency: int | None = None,
+        strategy: Any = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
@@ -113,6 +117,9 @@ class Steps:
         self.device = device
         self.module = module.to(device)
         self.optimizer = optimizer
+        self.sharding = strategy  # checkpoints are sharded directories with it, in one process too
+        if strategy is not None and distributed:
+            sharded.shard(module, optimizer, strategy)  # before compile: it compiles the sharded module
         self.loss = resolve_loss(loss)
         self._train_loss = self.loss.fn  # the batch loss of train_step; fit picks the one for its targets
         if isinstance(loss, torch.nn.Module):
@@ -132,7 +139,7 @@ class Steps:
         # Training steps go through DistributedDataParallel under torchrun; evaluation and
         # predict call the module itself, so ranks with uneven shards never wait on each other.
         self._train_call = self._module_call
-        if distributed:
+        if distributed and strategy is None:
             device_ids = [device.index] if device.type == "cuda" else None
             self._train_call = DistributedDataParallel(
                 self._module_call, device_ids=device_ids, process_group=process_group
@@ -187,6 +194,12 @@ class Steps:
         if isinstance(x, (list, tuple)):
             return module(*x)
         return module(x)
+
+    def gathered(self) -> Any:
+        """Under FSDP across ranks, the whole module for an evaluation or predict loop (else a no-op)."""
+        if self.sharding is None or not sharded.is_sharded(self.module):
+            return _NO_AUTOCAST
+        return sharded.gathered(self.module, self.sharding.options.get("reshard_after_forward", True))
 
     def autocast(self) -> Any:
         """The mixed-precision context of ``precision`` (a no-op for ``"32"``)."""

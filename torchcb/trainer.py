@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from torchcb import distributed
+from torchcb import distributed, sharded
 from torchcb._checks import check_int, check_verbose, validation_schedule
 from torchcb.callbacks.callback_list import CallbackList
 from torchcb.callbacks.history import History
@@ -32,7 +32,7 @@ from torchcb.data import (
     validation_source,
 )
 from torchcb.facade import KerasModel
-from torchcb.logs import EpochTotals, Logs
+from torchcb.logs import EpochTotals, Logs, resolve_pending
 from torchcb.step import Steps, module_modes, set_modes
 from torchcb.tree import concatenate
 
@@ -72,6 +72,12 @@ class Trainer(Steps, Checkpointing):
             ema_momentum) * weights`` (the first step copies the weights).
         ema_overwrite_frequency: replace the module's weights by the average every this many
             optimizer steps; ``None`` keeps it beside them until ``fit`` ends.
+        strategy: under torchrun, ``"ddp"`` (DistributedDataParallel: the whole module on
+            every rank) or ``"fsdp"`` (FSDP2's ``fully_shard`` on each top-level child, then
+            the root; a ``torchcb.sharded.FSDP(policy=...)`` picks the submodules). Build the
+            optimizer over ``module.parameters()`` as usual: it is pointed at the sharded
+            parameters. With ``"fsdp"`` checkpoints are sharded directories that resume at any
+            world size (see ``torchcb.sharded``), in a single process too.
 
     Attributes:
         model: the Keras-shaped facade every callback sees (``torchcb.facade.KerasModel``).
@@ -116,11 +122,13 @@ class Trainer(Steps, Checkpointing):
         use_ema: bool = False,
         ema_momentum: float = 0.99,
         ema_overwrite_frequency: int | None = None,
+        strategy: Any = "ddp",
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        fsdp = sharded.check_strategy(strategy)
         local_rank = distributed.init_from_env(process_group, device)  # None in a single process
         self.distributed = local_rank is not None
         if device is None:
@@ -145,6 +153,7 @@ class Trainer(Steps, Checkpointing):
             use_ema=use_ema,
             ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency,
+            strategy=fsdp,
         )
         self.stop_check_every = check_int(stop_check_every, "stop_check_every", 1)
         self.epochs_completed = 0
@@ -398,14 +407,20 @@ class Trainer(Steps, Checkpointing):
         modes = module_modes(self.module)  # each submodule's own mode, put back after, even on an error
         self.module.eval()
         try:
+            for callback in self.callback_list or ():  # the training epoch's metric values, before the reset
+                if isinstance(getattr(callback, "totals", None), EpochTotals):
+                    callback.totals.settle()
             self._reset_stateful_metrics()
             totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
             callbacks.on_test_begin({})
-            with torch.no_grad():
+            batch_logs = bool(callbacks.methods("on_test_batch_begin") or callbacks.methods("on_test_batch_end"))
+            with torch.no_grad(), self.gathered():
                 for step, batch in enumerate(source.epoch()):
                     logs = Logs(batch=step, size=batch.size)
                     callbacks.on_test_batch_begin(step, logs)
                     outputs = self.test_step(batch)
+                    if batch_logs:  # a stateful metric computes only for logs a callback is handed
+                        resolve_pending(outputs)
                     logs.update_raw(outputs)
                     totals.add(outputs, batch.size)
                     callbacks.on_test_batch_end(step, logs)
@@ -491,7 +506,7 @@ class Trainer(Steps, Checkpointing):
         outputs = []
         try:
             callback_list.on_predict_begin({})
-            with torch.no_grad():
+            with torch.no_grad(), self.gathered():
                 for step, batch in enumerate(source.epoch()):
                     callback_list.on_predict_batch_begin(step, {"batch": step, "size": batch.size})
                     output = self.predict_step(batch)

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import io
 import os
+import shutil
 import warnings
 from typing import Any
 
@@ -13,6 +14,7 @@ from torchcb._checks import is_int
 from torchcb.callbacks.base import BatchFrequency, Callback
 from torchcb.checkpoint import CheckpointError, TrainingState, check_writable, wait_for_pending_write
 from torchcb.distributed import barrier, broadcast_bytes, gather_ints, get_world_size, is_main_process
+from torchcb.sharded import is_checkpoint_dir
 
 __all__ = ["BackupAndRestore"]
 
@@ -47,6 +49,10 @@ class BackupAndRestore(Callback):
     The progress is readable as in Keras 3: ``_current_epoch`` is the epoch training goes
     on from (epochs completed), ``_last_batch_seen`` the index of the last batch seen in it
     (0 at an epoch's end, and kept only with a ``save_freq`` in batches, as Keras 3 does).
+
+    With ``strategy="fsdp"`` the backup is a sharded checkpoint directory ``latest.pt/`` that
+    every rank writes its shards into (put ``backup_dir`` on storage every rank shares); it
+    resumes at any number of ranks (a mid-epoch backup, at the number that wrote it).
 
     Args:
         backup_dir: the directory for the backup files.
@@ -116,6 +122,9 @@ class BackupAndRestore(Callback):
         if self._batch_frequency is not None:
             self._batch_frequency.reset()
         trainer = self._trainer()
+        if getattr(trainer, "sharding", None) is not None:
+            self._restore_sharded(trainer)
+            return
         found = self._read_backup()
         if get_world_size() > 1:
             found = self._agree_across_ranks(found)
@@ -124,6 +133,23 @@ class BackupAndRestore(Callback):
             state, source = found
             trainer.restore_state(state, source=source)
             self._current_epoch, self._last_batch_seen = state.epoch, max(state.batch - 1, 0)
+
+    def _restore_sharded(self, trainer: Any) -> None:
+        """Under FSDP the backup is a sharded directory every rank reads (``backup_dir`` on storage they share)."""
+        paths = [self.path, self.backup_path] if self.double_checkpoint else [self.path]
+        found = [p for p in paths if is_checkpoint_dir(p)]
+        for index, path in enumerate(found):
+            try:
+                trainer.load_checkpoint(path)
+                return
+            except Exception as error:
+                if index + 1 == len(found):
+                    raise
+                warnings.warn(
+                    f"BackupAndRestore could not read {path} ({error}); resuming from {found[index + 1]}.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def _read_backup(self) -> tuple[TrainingState, str] | None:
         """The latest backup in ``backup_dir``, or the previous one if the latest cannot be read; None if none."""
@@ -207,8 +233,11 @@ class BackupAndRestore(Callback):
         self._trainer().wait_for_writes()  # no backup still being written comes back after the deletion
         # only the files BackupAndRestore writes: the directory may hold the user's own files
         leftovers = glob.glob(os.path.join(glob.escape(self.backup_dir), ".latest.pt*.tmp"))
+        leftovers += glob.glob(os.path.join(glob.escape(self.backup_dir), ".latest.pt.*"))  # sharded: .tmp, .old
         for name in [self.path, self.backup_path, *leftovers]:
-            with contextlib.suppress(FileNotFoundError):
+            if os.path.isdir(name):  # a sharded backup
+                shutil.rmtree(name, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.remove(name)
         with contextlib.suppress(OSError):
             os.rmdir(self.backup_dir)  # only if now empty

@@ -34,7 +34,7 @@ from torchcb.callbacks.history import BaseLogger, History
 from torchcb.callbacks.keras_interop import KerasCallback, is_keras_callback, wrap_keras_callbacks
 from torchcb.callbacks.progbar import ProgbarLogger
 from torchcb.data import ValidationArrays
-from torchcb.logs import Logs
+from torchcb.logs import Logs, resolve_pending
 
 __all__ = ["CallbackList", "check_callback"]
 
@@ -423,7 +423,7 @@ class CallbackList:
             if self._batch_end:
                 if logs is None:
                     logs = Logs(batch=step, size=size)
-                logs.update_raw(outputs)
+                logs.update_raw(resolve_pending(outputs))  # a stateful metric computes for these logs
                 for hook in self._batch_end:
                     hook(step, logs)
             if self._group_hooks and len(self._group) >= self._group_size:

@@ -10,6 +10,7 @@ from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import BatchFrequency, MonitorCallback
 from torchcb.checkpoint import Checkpointing, check_writable
 from torchcb.distributed import is_main_process
+from torchcb.sharded import is_checkpoint_dir
 from torchcb.utils import print_msg
 
 __all__ = ["ModelCheckpoint"]
@@ -46,7 +47,8 @@ class ModelCheckpoint(MonitorCallback):
     file on disk, and a load of the file waits for its pending write.
 
     Args:
-        filepath: where to save; a ``str`` or ``os.PathLike``, not an existing directory.
+        filepath: where to save; a ``str`` or ``os.PathLike``, not an existing directory
+            (with ``strategy="fsdp"``, full checkpoints are sharded directories at that path).
         monitor: the log key to compare with ``save_best_only``. Default ``"val_loss"``.
         verbose: 1 prints a message for every save (and skipped save) as Keras does.
         save_best_only: save only when ``monitor`` improves on the best so far; with the
@@ -176,9 +178,11 @@ class ModelCheckpoint(MonitorCallback):
 
     def _save(self, epoch: int, batch: int | None, logs: dict) -> None:
         filepath = self._format_path(epoch, batch, logs)
-        if not is_main_process():
-            return
-        if os.path.isdir(filepath):
+        # Every rank saves (the checkpoint holds all ranks' sums; under FSDP every rank writes
+        # its shards); the saves themselves leave the files to rank 0, and rank 0 prints.
+        main = is_main_process()
+        sharded_dir = getattr(getattr(self.model, "trainer", None), "sharding", None) is not None
+        if main and os.path.isdir(filepath) and not (sharded_dir and is_checkpoint_dir(filepath)):
             raise IsADirectoryError(
                 f"Please specify a non-directory filepath for ModelCheckpoint. Filepath used is an existing directory: {filepath}"
             )
@@ -189,16 +193,16 @@ class ModelCheckpoint(MonitorCallback):
             if current is None:
                 return
             if not self.is_improvement(current, self.best):
-                if self.verbose > 0:
+                if self.verbose > 0 and main:
                     print_msg("\nEpoch %05d: %s did not improve from %0.5f" % (epoch + 1, self.monitor, self.best))
                 return
-            if self.verbose > 0:
+            if self.verbose > 0 and main:
                 print_msg(
                     "\nEpoch %05d: %s improved from %0.5f to %0.5f, saving model to %s"
                     % (epoch + 1, self.monitor, self.best, current, filepath)
                 )
             self.best = current
-        elif self.verbose > 0:
+        elif self.verbose > 0 and main:
             print_msg("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
         trainer = getattr(self.model, "trainer", None)
         if isinstance(trainer, Checkpointing):  # torchcb's trainer: written in the background, once the round ends
