@@ -210,7 +210,9 @@ class _BackupModel:
         object.__setattr__(self, "_model", model)
 
     def save_weights(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
-        self._model.trainer.save_checkpoint(filepath, all_ranks=True)
+        # as torchcb's own backups: taken once the round of hooks has reached every callback
+        # (History included), written in the background
+        self._model.trainer.save_checkpoint(filepath, all_ranks=True, background=True)
 
     def load_weights(self, filepath: Any, **kwargs: Any) -> None:
         try:
