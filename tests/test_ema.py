@@ -259,17 +259,28 @@ def test_fit_with_no_epoch_leaves_the_weights_alone():
 WORKER = """
 import json, sys, torch
 from torchcb import Trainer
+from torchcb.callbacks import Callback, SwapEMAWeights
 from torchcb.distributed import get_rank
 torch.manual_seed(0)
-net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+# BatchNorm's statistics follow each rank's own batches: their averages must still agree
+net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
 trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="sparse_categorical_crossentropy",
                   device="cpu", use_ema=True, ema_momentum=0.8)
+swapped_in = []
+
+class Record(Callback):  # after SwapEMAWeights: the module holds the average while validating
+    def on_test_begin(self, logs=None):
+        swapped_in.append({k: v.tolist() for k, v in net.state_dict().items() if k.startswith("1.running")})
+
 generator = torch.Generator().manual_seed(1)
 x = torch.randn(64, 4, generator=generator)
-trainer.fit(x, (x[:, 0] > 0).long(), batch_size=8, epochs=2, verbose=0)
+trainer.fit(x, (x[:, 0] > 0).long(), batch_size=8, epochs=2, verbose=0, validation_split=0.25,
+            callbacks=[SwapEMAWeights(), Record()])
 average = {k: v.tolist() for k, v in trainer.weight_average.averaged_weights().items()}
+module = {k: v.tolist() for k, v in net.state_dict().items()}
 with open(f"{sys.argv[1]}/rank{get_rank()}.json", "w") as f:
-    json.dump({"updates": trainer.weight_average.updates, "average": average}, f)
+    json.dump({"updates": trainer.weight_average.updates, "average": average, "module": module,
+               "swapped_in": swapped_in}, f)
 """
 
 
@@ -285,5 +296,7 @@ def test_under_ddp_every_rank_holds_the_same_average(tmp_path):
     run = subprocess.run([*command, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["updates"] == ranks[1]["updates"] == 8  # 32 samples a rank, batches of 8, 2 epochs
-    assert ranks[0]["average"] == ranks[1]["average"]
+    assert ranks[0]["updates"] == ranks[1]["updates"] == 6  # 24 training samples a rank, batches of 8, 2 epochs
+    assert "1.running_mean" in ranks[0]["average"] and ranks[0]["average"] == ranks[1]["average"]
+    assert ranks[0]["module"] == ranks[1]["module"]  # fit ends with the same average in every rank's module
+    assert len(ranks[0]["swapped_in"]) == 2 and ranks[0]["swapped_in"] == ranks[1]["swapped_in"]

@@ -205,6 +205,15 @@ def broadcast_bytes(data: bytes | None) -> bytes:
     return buffer.cpu().numpy().tobytes()
 
 
+def broadcast_tensors(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` on every rank with rank 0's, in place (nothing in a single process)."""
+    if get_world_size() == 1 or not tensors:
+        return
+    src = dist.get_global_rank(_group, 0) if _group is not None else 0
+    for tensor in tensors:
+        dist.broadcast(tensor, src=src, group=_group)
+
+
 def barrier() -> None:
     """Wait until every rank gets here (nothing in a single process)."""
     if get_world_size() > 1:

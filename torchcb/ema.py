@@ -16,6 +16,9 @@ What is averaged: every parameter, and every floating-point buffer of the ``stat
 (BatchNorm's running mean and variance), as ``torch.optim.swa_utils.AveragedModel(...,
 use_buffers=True)`` does, so the statistics used with the averaged weights are averaged with
 them. Integer buffers (``num_batches_tracked``) and non-persistent buffers are the module's own.
+Under torchrun each rank updates its buffers from its own batches, so their averages drift
+apart; wherever the average is used (a swap, an overwrite, the end of ``fit``) every rank
+takes rank 0's buffer averages first, so every rank evaluates and ends with the same average.
 
 The update is one fused ``torch._foreach_lerp_`` per optimizer step, run by an
 ``optimizer.register_step_post_hook`` (so a ``train_step`` of your own that calls
@@ -43,6 +46,7 @@ from typing import Any
 
 import torch
 
+from torchcb import distributed
 from torchcb._checks import is_int
 from torchcb.checkpoint import CheckpointError
 
@@ -113,6 +117,7 @@ class WeightAverage:
         self._names: list[str] = []
         self._weights: list[torch.Tensor] = []  # the module's tensors, updated in place by training
         self._averages: list[torch.Tensor] = []  # their averages (the raw weights while swapped)
+        self._first_buffer = 0  # where the buffers start in those lists (the parameters come first)
         self._hook = optimizer.register_step_post_hook(self._after_step)
 
     # ----------------------------------------------------------------- the tensors
@@ -125,6 +130,7 @@ class WeightAverage:
             for name, parameter in self.module.named_parameters():
                 names.append(name)
                 weights.append(parameter)
+            self._first_buffer = len(weights)
             seen = {id(w) for w in weights}
             for prefix, owner in self.module.named_modules():
                 for name, buffer in owner.named_buffers(recurse=False):
@@ -168,6 +174,10 @@ class WeightAverage:
 
     # ----------------------------------------------------------------- training
 
+    def _share_buffer_averages(self) -> None:
+        """Under torchrun: every rank takes rank 0's buffer averages (each rank's statistics follow its own data)."""
+        distributed.broadcast_tensors(self._averages[self._first_buffer :])
+
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.update()
 
@@ -183,12 +193,15 @@ class WeightAverage:
             torch._foreach_lerp_(averages, weights, 1.0 - self.momentum)
         self.updates += 1
         if self.overwrite_frequency and self.updates % self.overwrite_frequency == 0:
+            self._share_buffer_averages()
             torch._foreach_copy_(weights, averages)
 
     @torch.no_grad()
     def swap(self) -> None:
         """Exchange the module's weights and the averaging slots in place (bitwise; no allocation kept)."""
         weights, averages = self._tensors()
+        if not self.swapped:
+            self._share_buffer_averages()
         if weights:
             scratch = [torch.empty_like(w) for w in weights]
             torch._foreach_copy_(scratch, weights)
@@ -207,6 +220,7 @@ class WeightAverage:
             if self.swapped:
                 torch._foreach_copy_(averages, weights)
             else:
+                self._share_buffer_averages()
                 torch._foreach_copy_(weights, averages)
         self.swapped = False
 
