@@ -80,3 +80,17 @@ def test_the_switch_has_keras_3s_names():
     keras_utils = pytest.importorskip("keras.utils")
     for name in ("disable_interactive_logging", "enable_interactive_logging", "is_interactive_logging_enabled"):
         assert callable(getattr(keras_utils, name)) and callable(getattr(utils, name))
+
+
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_the_progress_bar_follows_the_switch_too(verbose, capsys, caplog, interactive_logging_restored):
+    caplog.set_level(logging.INFO, logger="torchcb")
+    utils.disable_interactive_logging()
+    make_trainer().fit(*make_data(12), batch_size=4, epochs=2, verbose=verbose)
+    assert capsys.readouterr().out == ""
+    logged = [r.getMessage() for r in caplog.records if r.name == "torchcb"]
+    assert [line for line in logged if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+    bars = [line for line in logged if not line.startswith("Epoch ")]
+    assert len(bars) == 2 and all("loss:" in line and "\b" not in line and "\r" not in line for line in bars)
+    if verbose == 1:
+        assert all(line.startswith("12/12 [==============================]") for line in bars)

@@ -2,7 +2,9 @@
 
 By default (interactive logging on) the messages of the built-in callbacks (``verbose=1``
 of EarlyStopping, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau, and
-TerminateOnNaN) are written to stdout, as Keras 2 printed them. On a server or in a batch
+TerminateOnNaN, and the progress bar with its ``Epoch 1/5`` lines) are written to stdout, as
+Keras 2 printed them. With it off, the bar gives one record per epoch (its final line), not
+one per redraw. On a server or in a batch
 job, :func:`disable_interactive_logging` sends them to the standard :mod:`logging` logger
 ``"torchcb"`` instead, at level ``INFO``, without their leading line breaks (which only
 separate them from a progress bar); :func:`enable_interactive_logging` turns stdout back

@@ -21,6 +21,7 @@ import torch
 from torchcb.callbacks.base import Callback
 from torchcb.distributed import is_main_process
 from torchcb.logs import Logs, read_floats
+from torchcb.utils import is_interactive_logging_enabled, print_msg
 
 __all__ = ["Progbar", "ProgbarLogger", "in_notebook"]
 
@@ -78,6 +79,8 @@ class Progbar:
         self._notebook = in_notebook()  # Jupyter redraws with "\r" alone and shows backspaces as they are
         tty = bool(getattr(stream, "isatty", lambda: False)())
         self.dynamic = dynamic if dynamic is not None else (tty or self._notebook)
+        if not is_interactive_logging_enabled():
+            self.dynamic = False  # logging gets one record per epoch, not every redraw
         self._values: dict[str, list[float]] = {}
         self._order: list[str] = []
         self._seen_so_far = 0
@@ -137,8 +140,7 @@ class Progbar:
         return text
 
     def _write(self, text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        print_msg(text, line_break=False)  # stdout, or the "torchcb" logger (torchcb.utils)
 
     def _draw_running(self, current: int, now: float) -> None:
         previous = self._total_width
@@ -271,7 +273,7 @@ class ProgbarLogger(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start_bar()
         if self.verbose:
-            print("Epoch %d/%d" % (epoch + 1, self.epochs))
+            print_msg("Epoch %d/%d" % (epoch + 1, self.epochs))
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batch_end(batch, logs or {})
