@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from tests.conftest import drive, make_data, make_trainer
+from torchcb import Trainer
 from torchcb.callbacks import Callback, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
 from torchcb.metrics import Metric
 
@@ -107,3 +108,17 @@ def test_auto_mode_raises_for_a_name_no_loss_or_metric_of_the_fit_logs(make, tmp
     with pytest.raises(ValueError, match=f"{type(callback).__name__} callback received monitor=val_acuracy"):
         make_trainer().fit(*make_data(8), epochs=2, verbose=0, validation_split=0.25, callbacks=[callback])
     assert not (tmp_path / "never-written.pt").exists()
+
+
+def test_a_monitor_op_set_by_hand_is_used_as_keras_uses_it():
+    # Keras code may assign monitor_op after construction: a falling loss then never improves
+    stop = EarlyStopping(monitor="loss", patience=1)
+    stop.monitor_op = np.greater
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    trainer = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+    x = torch.rand(32, 4)
+    history = trainer.fit(x, x.sum(1, keepdim=True), batch_size=8, epochs=6, verbose=0, callbacks=[stop])
+    assert stop.monitor_op is np.greater
+    assert history.history["loss"][1] < history.history["loss"][0]  # the loss fell, yet no improvement
+    assert history.epoch == [0, 1] and stop.stopped_epoch == 1

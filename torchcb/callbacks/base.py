@@ -245,7 +245,8 @@ class MonitorCallback(Callback):
       epoch's logs (``val_loss`` on an epoch ``validation_freq`` skips) only warns.
 
     The direction is decided when the callback is made, from the name alone where that
-    suffices, and again in ``on_train_begin`` with the fit's metrics.
+    suffices, and again in ``on_train_begin`` with the fit's metrics, unless ``monitor_op``
+    was set by hand: then it is used as it is, as Keras uses it.
 
     Args:
         monitor: the log key to watch, e.g. ``"val_loss"``.
@@ -295,7 +296,7 @@ class MonitorCallback(Callback):
         self.best: float = math.inf if self.monitor_op is np.less else -math.inf
 
     def _set_monitor_op(self, op: Callable[[Any, Any], Any] | None) -> None:
-        self.monitor_op = op
+        self.monitor_op = self._derived_monitor_op = op
         self.min_delta = -self._min_delta if op is np.less else self._min_delta
 
     def _fit_metrics(self) -> tuple[list[Any], set[str]]:
@@ -339,8 +340,12 @@ class MonitorCallback(Callback):
             )
 
     def reset_monitor(self, initial: float | None = None) -> None:
-        """Decide the direction and set ``best`` to ``initial``, the baseline, or the worst value."""
-        self._set_monitor_op(self._resolve_monitor_op())
+        """Decide the direction and set ``best`` to ``initial``, the baseline, or the worst value.
+
+        A ``monitor_op`` set by hand (Keras code assigns one after construction) is kept.
+        """
+        if self.monitor_op is self._derived_monitor_op:
+            self._set_monitor_op(self._resolve_monitor_op())
         if initial is None:
             initial = self.baseline
         self.best = float(initial) if initial is not None else (math.inf if self.monitor_op is np.less else -math.inf)
