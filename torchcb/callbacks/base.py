@@ -3,6 +3,22 @@
 Hooks and their arguments follow Keras 2.3 (``keras/callbacks/callbacks.py``): every hook receives
 a ``dict`` of logs (never ``None``), and ``on_batch_begin``/``on_batch_end`` are the
 aliases of the train-batch hooks.
+
+Besides its hooks, a callback declares what the ``CallbackList`` needs to know to call it
+cheaply; the list reads only these, so a new callback needs no change there:
+
+- :meth:`Callback.implements`: which hooks it takes part in (a hook nobody implements costs
+  nothing per batch);
+- :meth:`Callback.takes_batch_groups` and ``batch_group_size``: ``fit`` hands it the step
+  outputs of several training batches at once, through ``on_train_batch_group_end``;
+- :attr:`Callback.changes_batch_logs`: whether it may change the batch logs that the
+  callbacks after it read (a callback after one that may is handed single batches);
+- :attr:`Callback.state_takes_all_ranks`: whether ``get_state`` takes ``all_ranks``.
+
+Objects that are not :class:`Callback` subclasses but have its methods are called too; the
+functions :func:`implements_hook`, :func:`takes_groups`, :func:`changes_logs` and
+:func:`checkpoint_state` read the protocol for the list, with the defaults of
+:class:`Callback` for what such an object does not declare.
 """
 
 from __future__ import annotations
@@ -16,7 +32,17 @@ import numpy as np
 
 from torchcb.metrics import KNOWN_LOSSES
 
-__all__ = ["HOOKS", "KERAS_HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
+__all__ = [
+    "HOOKS",
+    "KERAS_HOOKS",
+    "BatchFrequency",
+    "Callback",
+    "MonitorCallback",
+    "changes_logs",
+    "checkpoint_state",
+    "implements_hook",
+    "takes_groups",
+]
 
 KERAS_HOOKS = (
     "on_train_begin",
@@ -35,6 +61,9 @@ KERAS_HOOKS = (
     "on_predict_batch_end",
 )
 HOOKS = (*KERAS_HOOKS, "on_train_error", "before_checkpoint")  # with torchcb's own two
+# A callback that overrides the alias takes part in the train-batch hook it aliases.
+_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+_TRAIN_BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
 
 
 class Callback:
@@ -48,6 +77,16 @@ class Callback:
             ``fit`` once ``on_train_begin`` has run when the validation data is in memory
             (arrays or tensors, ``validation_split`` included); ``None`` otherwise (Datasets,
             DataLoaders, generators), as in Keras 2.
+        changes_batch_logs: ``True`` (the default) when the callback may change the batch logs
+            it is handed, which the callbacks after it then read. A callback that only reads
+            them says ``False``, so a callback after it can still be handed batches in groups
+            (:meth:`takes_batch_groups`). The ``False`` holds for the class that says it and
+            for subclasses that override no train-batch hook; a subclass that does is taken
+            to change the logs unless it says ``False`` itself.
+        state_takes_all_ranks: ``True`` when :meth:`get_state` takes ``all_ranks`` (a bool):
+            under torchrun, with ``all_ranks=True``, every rank calls it at the same point and
+            it returns the state of all ranks together (BaseLogger's epoch sums). Otherwise
+            ``get_state()`` is called without arguments.
 
     Example:
         >>> from torchcb.callbacks import Callback
@@ -58,10 +97,59 @@ class Callback:
         ...         self.losses.append(logs.get("loss"))
     """
 
+    changes_batch_logs: bool = True
+    state_takes_all_ranks: bool = False
+
     def __init__(self) -> None:
         self.validation_data = None
         self.model: Any = None
         self.params: dict[str, Any] = {}
+
+    def implements(self, hook: str) -> bool:
+        """Whether the callback list calls ``hook`` on this callback.
+
+        By default, when the hook is set on the instance or overridden by its class, the
+        Keras 2 alias (``on_batch_begin``/``on_batch_end``) counted for the train-batch hooks.
+        The list asks when a loop starts (and the training-batch hooks at each epoch's
+        start), so a hook set on the instance in ``on_train_begin`` takes part. Override it
+        to decline a hook the class has (fit's BaseLogger takes no batch logs) or to answer
+        for a wrapped object (the adapter of a ``keras`` callback).
+
+        Args:
+            hook: the hook's name, e.g. ``"on_train_batch_end"``.
+
+        Example:
+            >>> class EveryBatch(Callback):
+            ...     def on_batch_end(self, batch, logs=None):
+            ...         pass
+            >>> EveryBatch().implements("on_train_batch_end"), EveryBatch().implements("on_epoch_end")
+            (True, False)
+        """
+        alias = _ALIASES.get(hook)
+        return _overrides(self, hook) or (alias is not None and _overrides(self, alias))
+
+    def takes_batch_groups(self) -> bool:
+        """Whether ``fit`` hands this callback its training batches in groups.
+
+        A callback with torchcb's ``on_train_batch_group_end(first_batch, outputs)`` hook
+        and a ``batch_group_size`` is handed the step outputs (device tensors, unread) of
+        ``batch_group_size`` consecutive batches at a time instead of single batch logs, and
+        the rest at an epoch's end and before every checkpoint. Only where its batch hooks
+        are not overridden below the class that wrote the group hook: a subclass or an
+        instance that overrides ``on_train_batch_end`` or ``on_batch_end`` is called batch
+        by batch. ``fit`` groups it only if no callback before it may change the batch logs
+        (:attr:`changes_batch_logs`).
+
+        Example:
+            >>> from torchcb.callbacks import TerminateOnNaN
+            >>> class Checked(TerminateOnNaN):
+            ...     def on_batch_end(self, batch, logs=None):
+            ...         super().on_batch_end(batch, logs)
+            >>> TerminateOnNaN().takes_batch_groups(), Checked().takes_batch_groups()
+            (True, False)
+        """
+        owner = _defining_class(type(self), "on_train_batch_group_end")
+        return owner is not None and not _written_below(self, owner, ("on_train_batch_end", "on_batch_end"))
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -145,6 +233,96 @@ class Callback:
         and refuses once the loss went NaN, so NaN weights never replace good ones.
         """
         return True
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    """Whether ``hook`` is set on the instance, or is another function than :class:`Callback`'s."""
+    if hook in getattr(callback, "__dict__", {}):
+        return True
+    method = getattr(type(callback), hook, None)
+    return method is not None and method is not getattr(Callback, hook, None)
+
+
+def _defining_class(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _written_below(callback: Any, owner: type, hooks: tuple[str, ...]) -> bool:
+    """Whether one of ``hooks`` is set on the instance, or written by a class below ``owner``."""
+    cls, instance_hooks = type(callback), getattr(callback, "__dict__", {})
+    return any(hook in instance_hooks or _defining_class(cls, hook) not in owner.__mro__ for hook in hooks)
+
+
+def implements_hook(callback: Any, hook: str) -> bool:
+    """Whether the callback list calls ``hook`` on ``callback``: its :meth:`Callback.implements`.
+
+    An object without ``implements`` takes part in a hook it has, unless that is
+    :class:`Callback`'s own no-op.
+
+    Args:
+        callback: a callback, or an object with a callback's methods.
+        hook: the hook's name.
+
+    Example:
+        >>> class Printer:
+        ...     def on_epoch_end(self, epoch, logs=None):
+        ...         print(epoch)
+        >>> implements_hook(Printer(), "on_epoch_end"), implements_hook(Printer(), "on_train_end")
+        (True, False)
+    """
+    if not hasattr(callback, hook):
+        return False
+    declared = getattr(callback, "implements", None)
+    if callable(declared):
+        return bool(declared(hook))
+    return Callback.implements(callback, hook)
+
+
+def takes_groups(callback: Any) -> bool:
+    """Whether ``fit`` may hand ``callback`` its training batches in groups (:meth:`Callback.takes_batch_groups`).
+
+    Example:
+        >>> from torchcb.callbacks import History, TerminateOnNaN
+        >>> takes_groups(TerminateOnNaN()), takes_groups(History())
+        (True, False)
+    """
+    declared = getattr(callback, "takes_batch_groups", None)
+    return bool(declared()) if callable(declared) else Callback.takes_batch_groups(callback)
+
+
+def changes_logs(callback: Any) -> bool:
+    """Whether ``callback`` may change the batch logs it is handed (:attr:`Callback.changes_batch_logs`).
+
+    Example:
+        >>> from torchcb.callbacks import BaseLogger
+        >>> class Rescale(BaseLogger):
+        ...     def on_train_batch_end(self, batch, logs=None):
+        ...         logs["loss"] = 2 * logs["loss"]
+        >>> changes_logs(Callback()), changes_logs(BaseLogger()), changes_logs(Rescale())
+        (True, False, True)
+    """
+    if getattr(callback, "changes_batch_logs", True):
+        return True
+    if "changes_batch_logs" in getattr(callback, "__dict__", {}):
+        return False  # said by the instance itself
+    owner = _defining_class(type(callback), "changes_batch_logs")
+    return owner is None or _written_below(callback, owner, _TRAIN_BATCH_HOOKS)
+
+
+def checkpoint_state(callback: Any, all_ranks: bool = False) -> Any:
+    """``callback.get_state()`` for a full checkpoint, or ``None`` for a callback without state.
+
+    ``all_ranks`` reaches only a callback whose ``state_takes_all_ranks`` is true.
+
+    Example:
+        >>> from torchcb.callbacks import History
+        >>> checkpoint_state(History(), all_ranks=True), checkpoint_state(Callback())
+        ({'epoch': [], 'history': {}}, None)
+    """
+    get_state = getattr(callback, "get_state", None)
+    if not callable(get_state):
+        return None
+    return get_state(all_ranks=all_ranks) if getattr(callback, "state_takes_all_ranks", False) else get_state()
 
 
 class BatchFrequency:
