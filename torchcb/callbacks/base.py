@@ -4,21 +4,13 @@ Hooks and their arguments follow Keras 2.3 (``keras/callbacks/callbacks.py``): e
 a ``dict`` of logs (never ``None``), and ``on_batch_begin``/``on_batch_end`` are the
 aliases of the train-batch hooks.
 
-Besides its hooks, a callback declares what the ``CallbackList`` needs to know to call it
-cheaply; the list reads only these, so a new callback needs no change there:
-
-- :meth:`Callback.implements`: which hooks it takes part in (a hook nobody implements costs
-  nothing per batch);
-- :meth:`Callback.takes_batch_groups` and ``batch_group_size``: ``fit`` hands it the step
-  outputs of several training batches at once, through ``on_train_batch_group_end``;
-- :attr:`Callback.changes_batch_logs`: whether it may change the batch logs that the
-  callbacks after it read (a callback after one that may is handed single batches);
-- :attr:`Callback.state_takes_all_ranks`: whether ``get_state`` takes ``all_ranks``.
-
-Objects that are not :class:`Callback` subclasses but have its methods are called too; the
-functions :func:`implements_hook`, :func:`takes_groups`, :func:`changes_logs` and
-:func:`checkpoint_state` read the protocol for the list, with the defaults of
-:class:`Callback` for what such an object does not declare.
+A callback also declares what the ``CallbackList`` needs to call it cheaply, so a new
+callback needs no change there: which hooks it takes part in (:meth:`Callback.implements`),
+whether ``fit`` hands it training batches in groups (:meth:`Callback.takes_batch_groups`),
+whether it may change the batch logs (:attr:`Callback.changes_batch_logs`) and whether its
+``get_state`` takes ``all_ranks`` (:attr:`Callback.state_takes_all_ranks`). The list reads
+them through :func:`implements_hook`, :func:`takes_groups`, :func:`changes_logs` and
+:func:`checkpoint_state`, which give an object that is not a :class:`Callback` its defaults.
 """
 
 from __future__ import annotations
@@ -32,17 +24,7 @@ import numpy as np
 
 from torchcb.metrics import KNOWN_LOSSES
 
-__all__ = [
-    "HOOKS",
-    "KERAS_HOOKS",
-    "BatchFrequency",
-    "Callback",
-    "MonitorCallback",
-    "changes_logs",
-    "checkpoint_state",
-    "implements_hook",
-    "takes_groups",
-]
+__all__ = ["HOOKS", "KERAS_HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
 
 KERAS_HOOKS = (
     "on_train_begin",
@@ -77,16 +59,13 @@ class Callback:
             ``fit`` once ``on_train_begin`` has run when the validation data is in memory
             (arrays or tensors, ``validation_split`` included); ``None`` otherwise (Datasets,
             DataLoaders, generators), as in Keras 2.
-        changes_batch_logs: ``True`` (the default) when the callback may change the batch logs
-            it is handed, which the callbacks after it then read. A callback that only reads
-            them says ``False``, so a callback after it can still be handed batches in groups
-            (:meth:`takes_batch_groups`). The ``False`` holds for the class that says it and
-            for subclasses that override no train-batch hook; a subclass that does is taken
-            to change the logs unless it says ``False`` itself.
-        state_takes_all_ranks: ``True`` when :meth:`get_state` takes ``all_ranks`` (a bool):
-            under torchrun, with ``all_ranks=True``, every rank calls it at the same point and
-            it returns the state of all ranks together (BaseLogger's epoch sums). Otherwise
-            ``get_state()`` is called without arguments.
+        changes_batch_logs: ``False`` for a callback that only reads the batch logs, so one
+            after it may still take batch groups (:meth:`takes_batch_groups`). It holds for
+            subclasses that override no train-batch hook; one that does is taken to change
+            them (the default, ``True``) unless it says ``False`` itself.
+        state_takes_all_ranks: ``True`` when :meth:`get_state` takes ``all_ranks``: under
+            torchrun every rank calls ``get_state(all_ranks=True)`` at the same point and it
+            returns the state of all ranks (BaseLogger's epoch sums).
 
     Example:
         >>> from torchcb.callbacks import Callback
@@ -108,21 +87,18 @@ class Callback:
     def implements(self, hook: str) -> bool:
         """Whether the callback list calls ``hook`` on this callback.
 
-        By default, when the hook is set on the instance or overridden by its class, the
-        Keras 2 alias (``on_batch_begin``/``on_batch_end``) counted for the train-batch hooks.
-        The list asks when a loop starts (and the training-batch hooks at each epoch's
-        start), so a hook set on the instance in ``on_train_begin`` takes part. Override it
-        to decline a hook the class has (fit's BaseLogger takes no batch logs) or to answer
-        for a wrapped object (the adapter of a ``keras`` callback).
+        By default, when the hook is set on the instance or overridden by its class (the
+        Keras 2 alias ``on_batch_begin``/``on_batch_end`` counted). Asked when a loop starts
+        (the training-batch hooks at each epoch's start), so a hook set on the instance in
+        ``on_train_begin`` takes part. Override it to decline a hook the class has (fit's
+        BaseLogger) or to answer for a wrapped object (a ``keras`` callback's adapter).
 
         Args:
             hook: the hook's name, e.g. ``"on_train_batch_end"``.
 
         Example:
-            >>> class EveryBatch(Callback):
-            ...     def on_batch_end(self, batch, logs=None):
-            ...         pass
-            >>> EveryBatch().implements("on_train_batch_end"), EveryBatch().implements("on_epoch_end")
+            >>> from torchcb.callbacks import TerminateOnNaN  # it writes on_batch_end, the alias
+            >>> TerminateOnNaN().implements("on_train_batch_end"), TerminateOnNaN().implements("on_test_end")
             (True, False)
         """
         alias = _ALIASES.get(hook)
@@ -131,21 +107,16 @@ class Callback:
     def takes_batch_groups(self) -> bool:
         """Whether ``fit`` hands this callback its training batches in groups.
 
-        A callback with torchcb's ``on_train_batch_group_end(first_batch, outputs)`` hook
-        and a ``batch_group_size`` is handed the step outputs (device tensors, unread) of
-        ``batch_group_size`` consecutive batches at a time instead of single batch logs, and
-        the rest at an epoch's end and before every checkpoint. Only where its batch hooks
-        are not overridden below the class that wrote the group hook: a subclass or an
-        instance that overrides ``on_train_batch_end`` or ``on_batch_end`` is called batch
-        by batch. ``fit`` groups it only if no callback before it may change the batch logs
-        (:attr:`changes_batch_logs`).
+        A callback with torchcb's ``on_train_batch_group_end(first_batch, outputs)`` and a
+        ``batch_group_size`` is handed the step outputs (device tensors, unread) of that many
+        consecutive batches at a time, and the rest at an epoch's end and before every
+        checkpoint; unless a subclass or the instance overrides ``on_train_batch_end`` or
+        ``on_batch_end`` below the class that wrote the group hook, or a callback before it
+        may change the batch logs (:attr:`changes_batch_logs`): then batch by batch.
 
         Example:
             >>> from torchcb.callbacks import TerminateOnNaN
-            >>> class Checked(TerminateOnNaN):
-            ...     def on_batch_end(self, batch, logs=None):
-            ...         super().on_batch_end(batch, logs)
-            >>> TerminateOnNaN().takes_batch_groups(), Checked().takes_batch_groups()
+            >>> TerminateOnNaN().takes_batch_groups(), Callback().takes_batch_groups()
             (True, False)
         """
         owner = _defining_class(type(self), "on_train_batch_group_end")
@@ -254,14 +225,7 @@ def _written_below(callback: Any, owner: type, hooks: tuple[str, ...]) -> bool:
 
 
 def implements_hook(callback: Any, hook: str) -> bool:
-    """Whether the callback list calls ``hook`` on ``callback``: its :meth:`Callback.implements`.
-
-    An object without ``implements`` takes part in a hook it has, unless that is
-    :class:`Callback`'s own no-op.
-
-    Args:
-        callback: a callback, or an object with a callback's methods.
-        hook: the hook's name.
+    """Whether the list calls ``hook`` on ``callback`` (:meth:`Callback.implements`, or its default).
 
     Example:
         >>> class Printer:
@@ -273,13 +237,11 @@ def implements_hook(callback: Any, hook: str) -> bool:
     if not hasattr(callback, hook):
         return False
     declared = getattr(callback, "implements", None)
-    if callable(declared):
-        return bool(declared(hook))
-    return Callback.implements(callback, hook)
+    return bool(declared(hook)) if callable(declared) else Callback.implements(callback, hook)
 
 
 def takes_groups(callback: Any) -> bool:
-    """Whether ``fit`` may hand ``callback`` its training batches in groups (:meth:`Callback.takes_batch_groups`).
+    """:meth:`Callback.takes_batch_groups` of ``callback``, or its default.
 
     Example:
         >>> from torchcb.callbacks import History, TerminateOnNaN
@@ -291,15 +253,12 @@ def takes_groups(callback: Any) -> bool:
 
 
 def changes_logs(callback: Any) -> bool:
-    """Whether ``callback`` may change the batch logs it is handed (:attr:`Callback.changes_batch_logs`).
+    """Whether ``callback`` may change the batch logs (:attr:`Callback.changes_batch_logs`; see there).
 
     Example:
         >>> from torchcb.callbacks import BaseLogger
-        >>> class Rescale(BaseLogger):
-        ...     def on_train_batch_end(self, batch, logs=None):
-        ...         logs["loss"] = 2 * logs["loss"]
-        >>> changes_logs(Callback()), changes_logs(BaseLogger()), changes_logs(Rescale())
-        (True, False, True)
+        >>> changes_logs(Callback()), changes_logs(BaseLogger())
+        (True, False)
     """
     if getattr(callback, "changes_batch_logs", True):
         return True
@@ -310,9 +269,7 @@ def changes_logs(callback: Any) -> bool:
 
 
 def checkpoint_state(callback: Any, all_ranks: bool = False) -> Any:
-    """``callback.get_state()`` for a full checkpoint, or ``None`` for a callback without state.
-
-    ``all_ranks`` reaches only a callback whose ``state_takes_all_ranks`` is true.
+    """``callback.get_state()``, with ``all_ranks`` if it declares ``state_takes_all_ranks``; None without state.
 
     Example:
         >>> from torchcb.callbacks import History
