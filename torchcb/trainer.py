@@ -2,7 +2,7 @@
 
 The whole training loop is :meth:`Trainer.fit`, readable top to bottom. Per batch it runs
 the step and the batch hooks and nothing else: the step returns device tensors, the batch
-logs hold them unread (see ``torchcb.logs``), and BaseLogger sums them on the device. The
+logs hold them unread (see ``torchcb.logs``), and the loop sums them on the device. The
 callbacks are reached through their ``CallbackList``; what a full checkpoint holds is
 ``torchcb.checkpoint.TrainingState``.
 """
@@ -17,6 +17,7 @@ import torch
 from torchcb import distributed, sharded
 from torchcb._checks import check_int, check_verbose, validation_schedule
 from torchcb.callbacks.callback_list import CallbackList
+from torchcb.callbacks.defaults import for_fit, for_inference
 from torchcb.callbacks.history import History
 from torchcb.checkpoint import BackgroundWriter, Checkpointing, TrainingState, rng_state, set_rng_state
 from torchcb.data import (
@@ -229,7 +230,8 @@ class Trainer(Steps, Checkpointing):
             x, y, batch_size, shuffle, validation_split, validation_data, class_weight, sample_weight,
             steps_per_epoch, validation_steps,
         )  # fmt: skip
-        callbacks, history = self._fit_callbacks(callbacks, verbose, train)
+        totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
+        callbacks, history = self._fit_callbacks(callbacks, verbose, train, totals)  # the loop sums the epoch
         callbacks.writer = self.writer  # a failed background write surfaces at the next hook
         batch_size = batch_size or (32 if is_array_input(x) else None)
         callbacks.set_params(self._fit_params(batch_size, epochs, verbose, train, validating=val is not None))
@@ -259,6 +261,7 @@ class Trainer(Steps, Checkpointing):
             for epoch in range(start_epoch, epochs):
                 if not skip:  # a run resumed mid-epoch restored the metrics of the epoch so far
                     self._reset_stateful_metrics()
+                totals.reset()
                 callbacks.on_epoch_begin(epoch, {})  # a resumed epoch opens too, for every callback
                 if skip:
                     self.resume_epoch(callbacks)  # the epoch sums, the bar's count, the rates: as they were
@@ -269,6 +272,7 @@ class Trainer(Steps, Checkpointing):
                     outputs = self.train_step(batch)
                     self.optimizer_steps += 1
                     self.batches_done = step + 1
+                    totals.add(outputs, batch.size)  # on the device, read back at the epoch's end
                     callbacks.train_batch_end(step, batch.size, outputs, logs)
                     if ranks:  # a stop asked on any rank takes effect at the next agreement
                         if (step + 1) % self.stop_check_every == 0 and self._agree_on_stop():
@@ -364,16 +368,12 @@ class Trainer(Steps, Checkpointing):
             "metrics": self.metrics_names + (["val_" + n for n in self.metrics_names] if validating else []),
         }
 
-    def _fit_callbacks(self, callbacks: Any, verbose: int, train: Source) -> tuple[CallbackList, History]:
-        """``[BaseLogger, ProgbarLogger (if verbose), *user callbacks, History]``, as Keras 2 orders them."""
-        counts_samples = train.samples is not None and not train.fixed_steps
-        callback_list = CallbackList.for_fit(
-            callbacks,
-            model=self.model,
-            verbose=verbose,
-            count_mode="samples" if counts_samples else "steps",
-            stateful_metrics=[m.name for m in self.metric_objects if m.stateful],
-        )
+    def _fit_callbacks(
+        self, callbacks: Any, verbose: int, train: Source, totals: EpochTotals
+    ) -> tuple[CallbackList, History]:
+        """``[BaseLogger, ProgbarLogger (if verbose), *user callbacks, History]``; BaseLogger averages ``totals``."""
+        count_mode = "samples" if train.samples is not None and not train.fixed_steps else "steps"
+        callback_list = for_fit(callbacks, model=self.model, verbose=verbose, count_mode=count_mode, totals=totals)
         return callback_list, callback_list.history
 
     def _epoch_batches(self, train: Source, skip: int) -> Any:
@@ -464,7 +464,7 @@ class Trainer(Steps, Checkpointing):
             sample_weight=sample_weight,
         )
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples}
-        callback_list = CallbackList.for_inference(
+        callback_list = for_inference(
             callbacks, model=self.model, verbose=verbose, params={**params, "metrics": self.metrics_names}
         )
         results = self._test_loop(source, callback_list)
@@ -500,7 +500,7 @@ class Trainer(Steps, Checkpointing):
             with_targets=False,
         )
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples, "metrics": []}
-        callback_list = CallbackList.for_inference(callbacks, model=self.model, verbose=verbose, params=params)
+        callback_list = for_inference(callbacks, model=self.model, verbose=verbose, params=params)
         modes = module_modes(self.module)  # put back after, also on an error: a frozen submodule stays frozen
         self.module.eval()
         outputs = []

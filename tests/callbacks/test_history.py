@@ -95,3 +95,21 @@ def test_a_baselogger_subclass_passed_to_fit_sees_every_batch():
     history = _fit_history([counting])
     assert counting.batches == 3 * 5
     assert history == _fit_history([])
+
+
+def test_a_baselogger_handed_totals_averages_them_and_takes_no_batch_logs():
+    from torchcb.callbacks import CallbackList
+    from torchcb.logs import EpochTotals
+
+    totals = EpochTotals({"auc"}, skip=("batch", "size"))
+    logger = BaseLogger(stateful_metrics=["auc"], totals=totals)
+    callbacks = CallbackList([logger])
+    callbacks.on_epoch_begin(0)
+    totals.add({"loss": torch.tensor(1.0), "auc": torch.tensor(0.2)}, 3)  # as fit's loop adds each step
+    totals.add({"loss": torch.tensor(5.0), "auc": torch.tensor(0.9)}, 1)
+    callbacks.on_train_batch_end(1, {"batch": 1, "size": 1, "loss": 100.0})  # not its to sum
+    logs = {"val_loss": 0.5}
+    callbacks.on_epoch_end(0, logs)
+    assert logs == {"val_loss": 0.5, "loss": 2.0, "auc": pytest.approx(0.9)}
+    assert logger.get_state()["seen"] == 4
+    assert BaseLogger().implements("on_train_batch_end") and not logger.implements("on_train_batch_end")

@@ -3,6 +3,14 @@
 Hooks and their arguments follow Keras 2.3 (``keras/callbacks/callbacks.py``): every hook receives
 a ``dict`` of logs (never ``None``), and ``on_batch_begin``/``on_batch_end`` are the
 aliases of the train-batch hooks.
+
+A callback also declares what the ``CallbackList`` needs to call it cheaply, so a new
+callback needs no change there: which hooks it takes part in (:meth:`Callback.implements`),
+whether ``fit`` hands it training batches in groups (:meth:`Callback.takes_batch_groups`),
+whether it may change the batch logs (:attr:`Callback.changes_batch_logs`) and whether its
+``get_state`` takes ``all_ranks`` (:attr:`Callback.state_takes_all_ranks`). The list reads
+them through :func:`implements_hook`, :func:`takes_groups`, :func:`changes_logs` and
+:func:`checkpoint_state`, which give an object that is not a :class:`Callback` its defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ KERAS_HOOKS = (
     "on_predict_batch_end",
 )
 HOOKS = (*KERAS_HOOKS, "on_train_error", "before_checkpoint")  # with torchcb's own two
+# A callback that overrides the alias takes part in the train-batch hook it aliases.
+_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+_TRAIN_BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
 
 
 class Callback:
@@ -48,6 +59,13 @@ class Callback:
             ``fit`` once ``on_train_begin`` has run when the validation data is in memory
             (arrays or tensors, ``validation_split`` included); ``None`` otherwise (Datasets,
             DataLoaders, generators), as in Keras 2.
+        changes_batch_logs: ``False`` for a callback that only reads the batch logs, so one
+            after it may still take batch groups (:meth:`takes_batch_groups`). It holds for
+            subclasses that override no train-batch hook; one that does is taken to change
+            them (the default, ``True``) unless it says ``False`` itself.
+        state_takes_all_ranks: ``True`` when :meth:`get_state` takes ``all_ranks``: under
+            torchrun every rank calls ``get_state(all_ranks=True)`` at the same point and it
+            returns the state of all ranks (BaseLogger's epoch sums).
 
     Example:
         >>> from torchcb.callbacks import Callback
@@ -58,10 +76,51 @@ class Callback:
         ...         self.losses.append(logs.get("loss"))
     """
 
+    changes_batch_logs: bool = True
+    state_takes_all_ranks: bool = False
+
     def __init__(self) -> None:
         self.validation_data = None
         self.model: Any = None
         self.params: dict[str, Any] = {}
+
+    def implements(self, hook: str) -> bool:
+        """Whether the callback list calls ``hook`` on this callback.
+
+        By default, when the hook is set on the instance or overridden by its class (the
+        Keras 2 alias ``on_batch_begin``/``on_batch_end`` counted). Asked when a loop starts
+        (the training-batch hooks at each epoch's start), so a hook set on the instance in
+        ``on_train_begin`` takes part. Override it to decline a hook the class has (fit's
+        BaseLogger) or to answer for a wrapped object (a ``keras`` callback's adapter).
+
+        Args:
+            hook: the hook's name, e.g. ``"on_train_batch_end"``.
+
+        Example:
+            >>> from torchcb.callbacks import TerminateOnNaN  # it writes on_batch_end, the alias
+            >>> TerminateOnNaN().implements("on_train_batch_end"), TerminateOnNaN().implements("on_test_end")
+            (True, False)
+        """
+        alias = _ALIASES.get(hook)
+        return _overrides(self, hook) or (alias is not None and _overrides(self, alias))
+
+    def takes_batch_groups(self) -> bool:
+        """Whether ``fit`` hands this callback its training batches in groups.
+
+        A callback with torchcb's ``on_train_batch_group_end(first_batch, outputs)`` and a
+        ``batch_group_size`` is handed the step outputs (device tensors, unread) of that many
+        consecutive batches at a time, and the rest at an epoch's end and before every
+        checkpoint; unless a subclass or the instance overrides ``on_train_batch_end`` or
+        ``on_batch_end`` below the class that wrote the group hook, or a callback before it
+        may change the batch logs (:attr:`changes_batch_logs`): then batch by batch.
+
+        Example:
+            >>> from torchcb.callbacks import TerminateOnNaN
+            >>> TerminateOnNaN().takes_batch_groups(), Callback().takes_batch_groups()
+            (True, False)
+        """
+        owner = _defining_class(type(self), "on_train_batch_group_end")
+        return owner is not None and not _written_below(self, owner, ("on_train_batch_end", "on_batch_end"))
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -145,6 +204,82 @@ class Callback:
         and refuses once the loss went NaN, so NaN weights never replace good ones.
         """
         return True
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    """Whether ``hook`` is set on the instance, or is another function than :class:`Callback`'s."""
+    if hook in getattr(callback, "__dict__", {}):
+        return True
+    method = getattr(type(callback), hook, None)
+    return method is not None and method is not getattr(Callback, hook, None)
+
+
+def _defining_class(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _written_below(callback: Any, owner: type, hooks: tuple[str, ...]) -> bool:
+    """Whether one of ``hooks`` is set on the instance, or written by a class below ``owner``."""
+    cls, instance_hooks = type(callback), getattr(callback, "__dict__", {})
+    return any(hook in instance_hooks or _defining_class(cls, hook) not in owner.__mro__ for hook in hooks)
+
+
+def implements_hook(callback: Any, hook: str) -> bool:
+    """Whether the list calls ``hook`` on ``callback`` (:meth:`Callback.implements`, or its default).
+
+    Example:
+        >>> class Printer:
+        ...     def on_epoch_end(self, epoch, logs=None):
+        ...         print(epoch)
+        >>> implements_hook(Printer(), "on_epoch_end"), implements_hook(Printer(), "on_train_end")
+        (True, False)
+    """
+    if not hasattr(callback, hook):
+        return False
+    declared = getattr(callback, "implements", None)
+    return bool(declared(hook)) if callable(declared) else Callback.implements(callback, hook)
+
+
+def takes_groups(callback: Any) -> bool:
+    """:meth:`Callback.takes_batch_groups` of ``callback``, or its default.
+
+    Example:
+        >>> from torchcb.callbacks import History, TerminateOnNaN
+        >>> takes_groups(TerminateOnNaN()), takes_groups(History())
+        (True, False)
+    """
+    declared = getattr(callback, "takes_batch_groups", None)
+    return bool(declared()) if callable(declared) else Callback.takes_batch_groups(callback)
+
+
+def changes_logs(callback: Any) -> bool:
+    """Whether ``callback`` may change the batch logs (:attr:`Callback.changes_batch_logs`; see there).
+
+    Example:
+        >>> from torchcb.callbacks import BaseLogger
+        >>> changes_logs(Callback()), changes_logs(BaseLogger())
+        (True, False)
+    """
+    if getattr(callback, "changes_batch_logs", True):
+        return True
+    if "changes_batch_logs" in getattr(callback, "__dict__", {}):
+        return False  # said by the instance itself
+    owner = _defining_class(type(callback), "changes_batch_logs")
+    return owner is None or _written_below(callback, owner, _TRAIN_BATCH_HOOKS)
+
+
+def checkpoint_state(callback: Any, all_ranks: bool = False) -> Any:
+    """``callback.get_state()``, with ``all_ranks`` if it declares ``state_takes_all_ranks``; None without state.
+
+    Example:
+        >>> from torchcb.callbacks import History
+        >>> checkpoint_state(History(), all_ranks=True), checkpoint_state(Callback())
+        ({'epoch': [], 'history': {}}, None)
+    """
+    get_state = getattr(callback, "get_state", None)
+    if not callable(get_state):
+        return None
+    return get_state(all_ranks=all_ranks) if getattr(callback, "state_takes_all_ranks", False) else get_state()
 
 
 class BatchFrequency:

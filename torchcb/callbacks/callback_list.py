@@ -1,18 +1,23 @@
 """CallbackList: the callbacks of one ``fit``, ``evaluate`` or ``predict``, called hook by hook.
 
-The loops in ``torchcb.trainer`` reach callbacks only through it. It owns:
+The loops in ``torchcb.trainer`` reach callbacks only through it. It names no callback: it
+reads what each callback declares (``torchcb.callbacks.base``), so a new callback needs no
+change here. It owns:
 
-- their order, as Keras 2 gives it: ``[BaseLogger, ProgbarLogger (if verbose), *yours,
-  History]`` (:meth:`CallbackList.for_fit`), callbacks from the ``keras`` package in their
-  adapters;
-- ``set_model`` and ``set_params``;
-- which hooks each callback implements, looked up once: a hook nobody overrides costs
-  nothing per batch, and a training batch nobody but BaseLogger looks at builds no logs;
-- the deferred-save round: a background checkpoint asked for inside a hook (ModelCheckpoint's,
+- ``set_model`` and ``set_params``, in the order the callbacks were given (the order
+  ``fit`` gives them, Keras 2's, is built in ``torchcb.callbacks.defaults``);
+- which hooks each callback implements (:meth:`Callback.implements`), looked up once: a hook
+  nobody implements costs nothing per batch, and a training batch nobody looks at builds
+  no logs (``fit``'s loop sums the epoch's values itself);
+- which callbacks ``fit`` hands its training batches in groups
+  (:meth:`Callback.takes_batch_groups`): those before which no callback may change the batch
+  logs (:attr:`Callback.changes_batch_logs`);
+- the round: a background checkpoint asked for inside a hook (ModelCheckpoint's,
   BackupAndRestore's) is taken once that hook has reached every callback, so it holds all
   of their states; if a callback of the round raises, it is taken before the exception
   leaves the round, so no write asked for is lost;
-- the callbacks' checkpoint states, keyed so that another run finds them again.
+- the callbacks' checkpoint states, keyed so that another run finds them again
+  (``all_ranks`` reaches the callbacks that declare ``state_takes_all_ranks``).
 
 Example:
     >>> from torchcb.callbacks import CallbackList, History
@@ -29,56 +34,11 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from torchcb.callbacks.base import Callback
-from torchcb.callbacks.history import BaseLogger, History
-from torchcb.callbacks.keras_interop import KerasCallback, is_keras_callback, wrap_keras_callbacks
-from torchcb.callbacks.progbar import ProgbarLogger
+from torchcb.callbacks.base import changes_logs, checkpoint_state, implements_hook, takes_groups
 from torchcb.data import ValidationArrays
 from torchcb.logs import Logs, resolve_pending
 
 __all__ = ["CallbackList", "check_callback"]
-
-# A callback that overrides the alias takes part in the train-batch hook it aliases.
-_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
-
-
-def _overrides(callback: Any, hook: str) -> bool:
-    if hook in getattr(callback, "__dict__", {}):
-        return True
-    method = getattr(type(callback), hook, None)
-    return method is not None and method is not getattr(Callback, hook)
-
-
-def _implements(callback: Any, hook: str) -> bool:
-    """Whether ``callback`` takes part in ``hook``: it overrides it (or its alias), or its Keras adapter says so."""
-    if not hasattr(callback, hook):
-        return False
-    if isinstance(callback, KerasCallback):
-        return callback.implements(hook)
-    alias = _ALIASES.get(hook)
-    return _overrides(callback, hook) or (alias is not None and _overrides(callback, alias))
-
-
-def _defining_class(cls: type, name: str) -> type | None:
-    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
-
-
-def _takes_batch_groups(callback: Any) -> bool:
-    """Whether ``fit`` hands ``callback`` its training batches in groups (``on_train_batch_group_end``).
-
-    Only where its batch hooks are not overridden below the class that wrote the group hook:
-    a subclass or an instance that overrides ``on_train_batch_end`` or ``on_batch_end`` is
-    called batch by batch.
-    """
-    cls = type(callback)
-    owner = _defining_class(cls, "on_train_batch_group_end")
-    if owner is None or isinstance(callback, KerasCallback):
-        return False
-    instance_hooks = getattr(callback, "__dict__", {})
-    return all(
-        hook not in instance_hooks and _defining_class(cls, hook) in owner.__mro__
-        for hook in ("on_train_batch_end", "on_batch_end")
-    )
 
 
 def check_callback(callback: Any, where: str) -> None:
@@ -92,32 +52,16 @@ def check_callback(callback: Any, where: str) -> None:
         raise ValueError(f"{where} must be a Callback instance, got {type(callback).__name__}: {callback!r}.")
 
 
-def _is_keras(callback: Any, name: str) -> bool:
-    """Whether ``callback`` (or the one inside its adapter) is the Keras class ``name`` or a subclass."""
-    if isinstance(callback, KerasCallback):
-        callback = callback.callback
-    return is_keras_callback(callback) and any(k.__name__ == name for k in type(callback).__mro__)
-
-
-def _user_callbacks(callbacks: Any, model: Any) -> list[Any]:
-    """The user's callbacks as a checked list, Keras ones in their adapters (keras is imported only then)."""
-    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-        raise ValueError(f"callbacks must be a list of Callback instances, got {type(callbacks).__name__}.")
-    user = list(callbacks or [])
-    for index, callback in enumerate(user):
-        check_callback(callback, f"callbacks[{index}]")
-    if any(is_keras_callback(c) for c in user):
-        model.enable_keras_metrics()
-        stateful = [m.name for m in getattr(model, "metrics", []) if getattr(m, "stateful", False)]
-        user = wrap_keras_callbacks(user, stateful)
-    return user
+def _each(methods: list[Any], *args: Any) -> None:
+    for method in methods:
+        method(*args)
 
 
 class CallbackList:
     """A list of callbacks called together, hook by hook.
 
-    Each hook reaches only the callbacks that override it, so a hook nobody uses costs
-    nothing per batch. ``logs=None`` becomes ``{}``. Every hook call is a round: actions
+    Each hook reaches only the callbacks that implement it (:meth:`Callback.implements`),
+    so a hook nobody uses costs nothing per batch. ``logs=None`` becomes ``{}``. Every hook call is a round: actions
     deferred during it (full checkpoints) run when it has reached every callback.
 
     Args:
@@ -129,7 +73,7 @@ class CallbackList:
 
     Attributes:
         callbacks: the callbacks, in calling order.
-        history: the History that ``fit`` returns (lists built by :meth:`for_fit`).
+        history: the History that ``fit`` returns (lists built by ``torchcb.callbacks.defaults.for_fit``).
     """
 
     def __init__(self, callbacks: Iterable[Any] | None = None, queue_length: int | None = None) -> None:
@@ -143,10 +87,8 @@ class CallbackList:
         self.params: dict[str, Any] = {}
         self.model: Any = None
         self.history: Any = None
-        self._dispatch: dict[str, list[Any]] = {}  # hook name -> the bound methods that override it
+        self._dispatch: dict[str, list[Any]] = {}  # hook name -> the bound methods that implement it
         self._deferred: list[Callable[[], None]] = []
-        self._sums: BaseLogger | None = None  # fit's BaseLogger, its totals fed each step's outputs directly
-        self._add_to_sums: Any = None  # their add
         self._batch_begin: list[Any] = []
         self._batch_end: list[Any] = []
         self._group_hooks: list[Any] = []  # on_train_batch_group_end of the callbacks fit hands groups
@@ -156,42 +98,6 @@ class CallbackList:
         self.writer: Any = None  # the trainer's BackgroundWriter, whose failures surface at the next hook
         for callback in callbacks or []:
             self.append(callback)
-
-    @classmethod
-    def for_fit(
-        cls, callbacks: Any, *, model: Any, verbose: int, count_mode: str, stateful_metrics: list[str]
-    ) -> CallbackList:
-        """``[BaseLogger, ProgbarLogger (if verbose), *callbacks, History]``, as Keras 2 orders them.
-
-        A BaseLogger, ProgbarLogger or History of the user's is used instead of a new one;
-        a History passed in goes last and keeps accumulating.
-        """
-        user = _user_callbacks(callbacks, model)
-        history = next((c for c in user if isinstance(c, History) or _is_keras(c, "History")), None)
-        if history is None:
-            history = History()
-        else:
-            user.remove(history)
-        ordered: list[Any] = []
-        if not any(isinstance(c, BaseLogger) for c in user):
-            ordered.append(BaseLogger(stateful_metrics=stateful_metrics))
-        if verbose and not any(isinstance(c, ProgbarLogger) or _is_keras(c, "ProgbarLogger") for c in user):
-            ordered.append(ProgbarLogger(count_mode=count_mode, stateful_metrics=stateful_metrics))
-        callback_list = cls([*ordered, *user, history])
-        callback_list.history = history.callback if isinstance(history, KerasCallback) else history
-        callback_list.set_model(model)
-        return callback_list
-
-    @classmethod
-    def for_inference(cls, callbacks: Any, *, model: Any, verbose: int, params: dict[str, Any]) -> CallbackList:
-        """The user's callbacks for ``evaluate``/``predict``, with a ProgbarLogger when ``verbose``."""
-        user = _user_callbacks(callbacks, model)
-        if verbose and not any(isinstance(c, ProgbarLogger) or _is_keras(c, "ProgbarLogger") for c in user):
-            user.append(ProgbarLogger(count_mode="steps"))
-        callback_list = cls(user)
-        callback_list.set_model(model)
-        callback_list.set_params(params)
-        return callback_list
 
     def append(self, callback: Any) -> None:
         check_callback(callback, f"callbacks[{len(self.callbacks)}]")
@@ -215,11 +121,9 @@ class CallbackList:
         Set only when ``fit`` has in-memory validation data (``data``). Without it (``None``), a
         callback keeps a ``validation_data`` of its own, as callbacks written for tf.keras set
         one in ``__init__``; only the arrays an earlier ``fit`` gave are taken back.
-        Keras 3's callbacks (in their adapters) have no such attribute and get none.
+        Keras 3's callbacks have no such attribute and get none: their adapter holds it.
         """
         for callback in self.callbacks:
-            if isinstance(callback, KerasCallback):
-                continue
             if data is not None:
                 callback.validation_data = data
             elif isinstance(getattr(callback, "validation_data", None), ValidationArrays):
@@ -234,12 +138,12 @@ class CallbackList:
     def methods(self, hook: str) -> list[Any]:
         """The bound methods that ``hook`` calls, in order: only callbacks that implement it.
 
-        A torchcb callback implements a hook it (or its class) overrides, its alias counted;
-        a Keras callback's adapter says for its own (:meth:`KerasCallback.implements`).
+        Each callback says which it implements (:meth:`Callback.implements`: by default those
+        it or its class overrides, its alias counted; a Keras callback's adapter says for its own).
         """
         methods = self._dispatch.get(hook)
         if methods is None:
-            methods = [getattr(cb, hook) for cb in self.callbacks if _implements(cb, hook)]
+            methods = [getattr(cb, hook) for cb in self.callbacks if implements_hook(cb, hook)]
             self._dispatch[hook] = methods
         return methods
 
@@ -273,7 +177,17 @@ class CallbackList:
         if failure is not None:
             raise failure
 
-    def _end_round(self) -> None:
+    def _round(self, call: Callable[..., None], *args: Any) -> None:
+        """One round: ``call(*args)``, then what it deferred; if it raises, what was deferred before runs first.
+
+        Every hook call is one (``call`` is :func:`_each` over the hook's methods), and so is
+        each training batch's end (:meth:`train_batch_end`).
+        """
+        try:
+            call(*args)
+        except BaseException:
+            self.run_deferred_after_error()  # a backup asked for at this batch or epoch is not lost
+            raise
         if self._deferred:
             self.run_deferred()
         if self.writer is not None and self.writer.error is not None:
@@ -281,21 +195,11 @@ class CallbackList:
 
     # ----------------------------------------------------------------- the hooks
 
-    def _round(self, methods: list[Any], *args: Any) -> None:
-        """Call ``methods``, then what they deferred; if one raises, what was deferred before it runs first."""
-        try:
-            for method in methods:
-                method(*args)
-        except BaseException:
-            self.run_deferred_after_error()  # a backup asked for at this batch or epoch is not lost
-            raise
-        self._end_round()
-
     def _call_batch(self, hook: str, index: int, logs: dict | None) -> None:
-        self._round(self.methods(hook), index, {} if logs is None else logs)
+        self._round(_each, self.methods(hook), index, {} if logs is None else logs)
 
     def _call(self, hook: str, logs: dict | None) -> None:
-        self._round(self.methods(hook), {} if logs is None else logs)
+        self._round(_each, self.methods(hook), {} if logs is None else logs)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._call_batch("on_epoch_begin", epoch, logs)
@@ -366,35 +270,27 @@ class CallbackList:
     def begin_train_batches(self) -> None:
         """Look up the training-batch hooks, when ``fit`` starts and at each epoch's start, not per batch.
 
-        Hooks set on an instance since the last look take part from then on. ``fit``'s own
-        BaseLogger takes each step's outputs directly (:meth:`train_batch_end`), so Keras'
-        batch logs are built only when some other callback looks at single batches. A
-        callback with torchcb's ``on_train_batch_group_end(first_batch, outputs)`` hook (and
-        ``batch_group_size``), such as TerminateOnNaN, is handed the step outputs of
-        ``batch_group_size`` batches at a time instead, and the rest at an epoch's end and
-        before every checkpoint (:meth:`end_batch_group`).
+        Hooks set on an instance since the last look take part from then on. Keras' batch
+        logs are built only when some callback implements a training-batch hook (``fit``'s
+        BaseLogger does not: the loop sums the epoch itself). A callback that takes batch
+        groups (:meth:`Callback.takes_batch_groups`, such as TerminateOnNaN) is handed the
+        step outputs of ``batch_group_size`` batches at a time instead, and the rest at an
+        epoch's end and before every checkpoint (:meth:`end_batch_group`), if no callback
+        before it may change the batch logs it would read (:attr:`Callback.changes_batch_logs`).
         """
         self._look_again("on_train_batch_begin", "on_train_batch_end")
         self._batch_begin = self.methods("on_train_batch_begin")
-        self._sums = next((c for c in self.callbacks if type(c) is BaseLogger), None)  # not a subclass
-        self._add_to_sums = None if self._sums is None else self._sums.totals.add
-        # A callback is handed groups only if no callback before it could have changed the batch
-        # logs it would read (Keras' own BaseLogger and ProgbarLogger do not change them).
         grouped, logs_touched = [], False
         for callback in self.callbacks:
-            if _takes_batch_groups(callback) and not logs_touched:
+            if not logs_touched and takes_groups(callback):
                 grouped.append(callback)
-            elif type(callback) not in (BaseLogger, ProgbarLogger) and (
-                _implements(callback, "on_train_batch_begin") or _implements(callback, "on_train_batch_end")
+            elif changes_logs(callback) and (
+                implements_hook(callback, "on_train_batch_begin") or implements_hook(callback, "on_train_batch_end")
             ):
                 logs_touched = True
         self._group_hooks = [c.on_train_batch_group_end for c in grouped]
         self._group_size = min((c.batch_group_size for c in grouped), default=1)
-        self._batch_end = [
-            m
-            for m in self.methods("on_train_batch_end")
-            if getattr(m, "__self__", None) is not self._sums and getattr(m, "__self__", None) not in grouped
-        ]
+        self._batch_end = [m for m in self.methods("on_train_batch_end") if getattr(m, "__self__", None) not in grouped]
 
     def train_batch_begin(self, step: int, size: int) -> Logs | None:
         """The ``on_train_batch_begin`` round; returns the batch's logs, or None when nobody reads them yet.
@@ -405,34 +301,26 @@ class CallbackList:
         if not self._batch_begin:
             return None
         logs = Logs(batch=step, size=size)
-        self._round(self._batch_begin, step, logs)
+        self._round(_each, self._batch_begin, step, logs)
         return logs
 
     def train_batch_end(self, step: int, size: int, outputs: dict[str, Any], logs: Logs | None) -> None:
-        """The ``on_train_batch_end`` round, with the step's ``outputs`` (device tensors, unread).
+        """The ``on_train_batch_end`` round, with the step's ``outputs`` (device tensors, unread)."""
+        self._round(self._batch_end_hooks, step, size, outputs, logs)
 
-        It runs every batch, so its round is written out here rather than through :meth:`_round`.
-        """
-        if self._add_to_sums is not None:
-            self._add_to_sums(outputs, size)  # first, as BaseLogger is in Keras' order
-        try:
-            if self._group_hooks:  # gathered first: a write asked for in this round checks this batch too
-                if not self._group:
-                    self._group_first = step
-                self._group.append(outputs)
-            if self._batch_end:
-                if logs is None:
-                    logs = Logs(batch=step, size=size)
-                logs.update_raw(resolve_pending(outputs))  # a stateful metric computes for these logs
-                for hook in self._batch_end:
-                    hook(step, logs)
-            if self._group_hooks and len(self._group) >= self._group_size:
-                self.end_batch_group()
-        except BaseException:
-            self.run_deferred_after_error()  # as in _round
-            raise
-        if self._deferred or (self.writer is not None and self.writer.error is not None):
-            self._end_round()
+    def _batch_end_hooks(self, step: int, size: int, outputs: dict[str, Any], logs: Logs | None) -> None:
+        if self._group_hooks:  # gathered first: a write asked for in this round checks this batch too
+            if not self._group:
+                self._group_first = step
+            self._group.append(outputs)
+        if self._batch_end:
+            if logs is None:
+                logs = Logs(batch=step, size=size)
+            logs.update_raw(resolve_pending(outputs))  # a stateful metric computes for these logs
+            for hook in self._batch_end:
+                hook(step, logs)
+        if self._group_hooks and len(self._group) >= self._group_size:
+            self.end_batch_group()
 
     def end_batch_group(self) -> None:
         """Hand the training batches gathered since the last group to the grouped hooks."""
@@ -461,14 +349,14 @@ class CallbackList:
         return keyed
 
     def states(self, all_ranks: bool = False) -> dict[str, Any]:
-        """Every stateful callback's ``get_state()``, by key (``all_ranks``: see ``TrainingState.capture``)."""
+        """Every stateful callback's ``get_state()``, by key.
+
+        ``all_ranks`` (see ``TrainingState.capture``) reaches the callbacks whose
+        ``state_takes_all_ranks`` is true, as ``get_state(all_ranks=...)``.
+        """
         states = {}
         for key, callback in self.keyed():
-            get_state = getattr(callback, "get_state", None)
-            if isinstance(callback, BaseLogger):
-                state = callback.get_state(all_ranks)
-            else:
-                state = get_state() if callable(get_state) else None
+            state = checkpoint_state(callback, all_ranks)
             if state is not None:
                 states[key] = state
         return states

@@ -20,8 +20,20 @@ class BaseLogger(Callback):
     sees the training averages. Values are weighted by the batch's ``size``; the sums stay
     on the device and are read back once per epoch.
 
+    Used on its own (or passed to ``fit``) it sums the batch logs it is handed, as in
+    Keras 2. ``fit``'s own is handed ``totals``: the loop adds each step's outputs to them
+    and resets them at each epoch's start, so this logger takes no batch call
+    (:meth:`implements` declines ``on_train_batch_end``) and no batch logs are built when no
+    other callback looks at single batches; it only writes their averages at the epoch's end.
+
+    It only reads the batch logs (``changes_batch_logs = False``), and its checkpoint state
+    (the sums of the epoch so far) is that of all ranks with ``all_ranks=True``
+    (``state_takes_all_ranks = True``).
+
     Args:
         stateful_metrics: names whose epoch value is their last batch value, not an average.
+        totals: the ``torchcb.logs.EpochTotals`` that the caller fills and resets (``fit``'s
+            loop); ``None`` keeps its own, filled from the batch logs.
 
     Example:
         >>> from torchcb.callbacks import BaseLogger
@@ -36,18 +48,26 @@ class BaseLogger(Callback):
         True
     """
 
-    def __init__(self, stateful_metrics: Any = None) -> None:
+    changes_batch_logs = False
+    state_takes_all_ranks = True
+
+    def __init__(self, stateful_metrics: Any = None, totals: EpochTotals | None = None) -> None:
         super().__init__()
         self.stateful_metrics = set(stateful_metrics or [])
-        # The epoch's sums. fit adds each step's outputs to them directly (totals.add), so no
-        # batch logs are built when no other callback looks at single batches.
-        self.totals = EpochTotals(self.stateful_metrics, skip=("batch", "size"))
+        self._fed = totals is not None  # the caller adds every batch to the totals and resets them
+        self.totals = totals if totals is not None else EpochTotals(self.stateful_metrics, skip=("batch", "size"))
+
+    def implements(self, hook: str) -> bool:
+        if self._fed and hook == "on_train_batch_end":
+            return False  # the loop adds each step's outputs to the totals itself
+        return super().implements(hook)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.totals.reset()
+        if not self._fed:
+            self.totals.reset()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if logs:  # the values stay on the device, summed once the epoch ends
+        if logs and not self._fed:  # the values stay on the device, summed once the epoch ends
             self.totals.add(logs, dict.get(logs, "size", 0))
 
     on_batch_end = on_train_batch_end  # the Keras 2 name
@@ -85,6 +105,8 @@ class History(Callback):
         >>> history.epoch, history.history
         ([0, 1], {'loss': [0.9, 0.7]})
     """
+
+    changes_batch_logs = False  # it reads only the epoch logs
 
     def __init__(self) -> None:
         super().__init__()

@@ -199,6 +199,7 @@ class ProgbarLogger(Callback):
         >>> # trainer.fit(x, y, verbose=1, callbacks=[progbar]) uses it instead of its own
     """
 
+    changes_batch_logs = False  # it only reads them: a callback after it may still take batch groups
     interval = 0.05  # seconds between two redraws on a terminal
 
     def __init__(self, count_mode: str = "samples", stateful_metrics: Any = None) -> None:

@@ -31,7 +31,10 @@ class TerminateOnNaN(Callback):
     missed: the pending batches are always checked at the end of the epoch, and before any
     checkpoint, weights file or backup is written during ``fit``: once the loss went NaN,
     those writes are skipped, so NaN weights never replace the last good file. Called batch
-    by batch with logs that are plain floats (as Keras calls it), it checks at once.
+    by batch with logs that are plain floats (as Keras calls it), it checks at once. It
+    declares the group hook (``batch_group_size``, :meth:`on_train_batch_group_end`) and that
+    it only reads the batch logs (``changes_batch_logs = False``); the callback list reads
+    those, and hands it single batches when a callback before it may change their logs.
 
     Args:
         raise_error: raise ``RuntimeError`` instead of stopping (Keras 3), so no further
@@ -45,6 +48,8 @@ class TerminateOnNaN(Callback):
         >>> TerminateOnNaN(raise_error=True).raise_error
         True
     """
+
+    changes_batch_logs = False  # it only reads the loss
 
     def __init__(self, raise_error: bool = False, *, check_every: int = 32) -> None:
         super().__init__()
