@@ -26,21 +26,10 @@ from torchcb.metrics import KNOWN_LOSSES
 
 __all__ = ["HOOKS", "KERAS_HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
 
-KERAS_HOOKS = (
-    "on_train_begin",
-    "on_train_end",
-    "on_epoch_begin",
-    "on_epoch_end",
-    "on_train_batch_begin",
-    "on_train_batch_end",
-    "on_test_begin",
-    "on_test_end",
-    "on_test_batch_begin",
-    "on_test_batch_end",
-    "on_predict_begin",
-    "on_predict_end",
-    "on_predict_batch_begin",
-    "on_predict_batch_end",
+KERAS_HOOKS = tuple(  # every hook Keras calls: on_{train,epoch,test,predict}_{begin,end} and the batch hooks
+    f"on_{stage}_{when}"
+    for stage in ("train", "epoch", "train_batch", "test", "test_batch", "predict", "predict_batch")
+    for when in ("begin", "end")
 )
 HOOKS = (*KERAS_HOOKS, "on_train_error", "before_checkpoint")  # with torchcb's own two
 # A callback that overrides the alias takes part in the train-batch hook it aliases.
