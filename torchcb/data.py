@@ -27,7 +27,7 @@ validation data: ``validation_source`` and ``ValidationArrays``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -318,7 +318,7 @@ for _name in (
     setattr(ValidationArrays, _name, _filled(_name))
 
 
-def _is_xy(data: Any) -> bool:
+def _is_xy(data: Any) -> TypeGuard[tuple[Any, ...] | list[Any]]:
     """``(x, y)`` or ``(x, y, sample_weight)`` of in-memory arrays: a tuple, or a list as Keras 2 took it.
 
     A list whose second item is itself a batch, ``[(x1, y1), (x2, y2)]``, is a list of batches.

@@ -48,6 +48,10 @@ from torchcb.checkpoint import CheckpointError
 
 __all__ = ["WeightAverage", "check_ema_arguments"]
 
+# torch's fused list operations (what torch.optim's foreach paths use) are not among the names torch exports.
+_foreach_copy_ = torch._foreach_copy_  # pyright: ignore[reportPrivateImportUsage]
+_foreach_lerp_ = torch._foreach_lerp_  # pyright: ignore[reportPrivateImportUsage]
+
 
 def check_ema_arguments(use_ema: Any, ema_momentum: Any, ema_overwrite_frequency: Any) -> None:
     """Raise ``ValueError`` naming the argument unless the three EMA options are valid (Keras' rules)."""
@@ -178,12 +182,12 @@ class WeightAverage:
         if not weights:
             return
         if self.updates == 0:
-            torch._foreach_copy_(averages, weights)  # Keras' momentum is 0 at its first step
+            _foreach_copy_(averages, weights)  # Keras' momentum is 0 at its first step
         else:
-            torch._foreach_lerp_(averages, weights, 1.0 - self.momentum)
+            _foreach_lerp_(averages, weights, 1.0 - self.momentum)
         self.updates += 1
         if self.overwrite_frequency and self.updates % self.overwrite_frequency == 0:
-            torch._foreach_copy_(weights, averages)
+            _foreach_copy_(weights, averages)
 
     @torch.no_grad()
     def swap(self) -> None:
@@ -191,9 +195,9 @@ class WeightAverage:
         weights, averages = self._tensors()
         if weights:
             scratch = [torch.empty_like(w) for w in weights]
-            torch._foreach_copy_(scratch, weights)
-            torch._foreach_copy_(weights, averages)
-            torch._foreach_copy_(averages, scratch)
+            _foreach_copy_(scratch, weights)
+            _foreach_copy_(weights, averages)
+            _foreach_copy_(averages, scratch)
         self.swapped = not self.swapped
 
     @torch.no_grad()
@@ -205,9 +209,9 @@ class WeightAverage:
         weights, averages = self._tensors()
         if weights:
             if self.swapped:
-                torch._foreach_copy_(averages, weights)
+                _foreach_copy_(averages, weights)
             else:
-                torch._foreach_copy_(weights, averages)
+                _foreach_copy_(weights, averages)
         self.swapped = False
 
     @torch.no_grad()
@@ -215,7 +219,7 @@ class WeightAverage:
         """Start again from the module's weights: the next step's weights become the average."""
         weights, averages = self._tensors()
         if weights:
-            torch._foreach_copy_(averages, weights)
+            _foreach_copy_(averages, weights)
         self.updates, self.swapped = 0, False
 
     # ----------------------------------------------------------------- checkpoints

@@ -152,7 +152,7 @@ KNOWN_LOSSES = tuple(_LOSSES)
 class Loss:
     """A loss that gives the batch mean, and per-sample values when samples are weighted."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], name: str, per_sample: Callable[..., torch.Tensor] | None):
+    def __init__(self, fn: Callable[..., Any], name: str, per_sample: Callable[..., Any] | None) -> None:
         self.fn = fn
         self.name = name
         self._per_sample = per_sample

@@ -100,7 +100,7 @@ class Metric:
 
     stateful = False
 
-    def __init__(self, fn: Callable[..., torch.Tensor], name: str, higher_is_better: bool | None = None) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str, higher_is_better: bool | None = None) -> None:
         self.fn = fn
         self.name = name
         self.higher_is_better = higher_is_better

@@ -67,6 +67,9 @@ class ArraySource(Source):
         [[0, 1], [2, 3], [4]]
     """
 
+    steps: int  # always known for arrays
+    samples: int
+
     def __init__(self, x: Any, y: Any, sample_weight: torch.Tensor | None, batching: Batching) -> None:
         self.x, self.y, self.sample_weight = x, y, sample_weight
         batch_size, steps, shard, pad, seed = (
@@ -170,7 +173,7 @@ class ArraySource(Source):
         stream = self._stream
         for _ in range(skip):
             next(stream)
-        return (next(stream) for _ in range(self.steps - skip))  # type: ignore[operator]
+        return (next(stream) for _ in range(self.steps - skip))
 
 
 def _unpack(element: Any, with_targets: bool) -> tuple[Any, Any, Any]:
@@ -207,6 +210,8 @@ class IterableSource(Source):
         >>> [b.size for b in IterableSource(batches, Placement(), steps=None, with_targets=True).epoch()]
         [2, 1]
     """
+
+    steps: int  # the data's length, or the steps given
 
     def __init__(
         self,
@@ -251,15 +256,16 @@ class IterableSource(Source):
         dataset = getattr(data, "dataset", None)
         if isinstance(data, DataLoader) and not isinstance(dataset, IterableDataset) and steps is None:
             try:
-                self.samples = len(data.sampler)  # type: ignore[arg-type]  # a rank's share under torchrun
+                # a rank's share under torchrun; a sampler without a length raises TypeError
+                self.samples = len(data.sampler)  # type: ignore[arg-type]
             except TypeError:
                 self.samples = None
         self._iterator: Iterator[Any] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        sampler = getattr(self.data, "sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)  # DistributedSampler reshuffles alike on every rank
+        set_sampler_epoch = getattr(getattr(self.data, "sampler", None), "set_epoch", None)
+        if callable(set_sampler_epoch):
+            set_sampler_epoch(epoch)  # DistributedSampler reshuffles alike on every rank
 
     def _move(self, element: Any) -> Batch:
         x, y, sample_weight = _unpack(element, self.with_targets)
@@ -290,7 +296,7 @@ class IterableSource(Source):
         for _ in range(skip):
             if self._next_element() is _EXHAUSTED:
                 break
-        return self._fixed(self.steps - skip)  # type: ignore[operator]
+        return self._fixed(self.steps - skip)
 
     def _next_element(self) -> Any:
         """The next element of the stream that continues across epochs; a sentinel when it ran out."""
