@@ -48,9 +48,8 @@ from torchcb.checkpoint import CheckpointError
 
 __all__ = ["WeightAverage", "check_ema_arguments"]
 
-# torch's fused list operations (what torch.optim's foreach paths use) are not among the names torch exports.
-_foreach_copy_ = torch._foreach_copy_  # pyright: ignore[reportPrivateImportUsage]
-_foreach_lerp_ = torch._foreach_lerp_  # pyright: ignore[reportPrivateImportUsage]
+# torch._foreach_* (the fused list operations torch.optim uses) are not among the names torch exports
+# pyright: reportPrivateImportUsage=false
 
 
 def check_ema_arguments(use_ema: Any, ema_momentum: Any, ema_overwrite_frequency: Any) -> None:
@@ -182,12 +181,12 @@ class WeightAverage:
         if not weights:
             return
         if self.updates == 0:
-            _foreach_copy_(averages, weights)  # Keras' momentum is 0 at its first step
+            torch._foreach_copy_(averages, weights)  # Keras' momentum is 0 at its first step
         else:
-            _foreach_lerp_(averages, weights, 1.0 - self.momentum)
+            torch._foreach_lerp_(averages, weights, 1.0 - self.momentum)
         self.updates += 1
         if self.overwrite_frequency and self.updates % self.overwrite_frequency == 0:
-            _foreach_copy_(weights, averages)
+            torch._foreach_copy_(weights, averages)
 
     @torch.no_grad()
     def swap(self) -> None:
@@ -195,9 +194,9 @@ class WeightAverage:
         weights, averages = self._tensors()
         if weights:
             scratch = [torch.empty_like(w) for w in weights]
-            _foreach_copy_(scratch, weights)
-            _foreach_copy_(weights, averages)
-            _foreach_copy_(averages, scratch)
+            torch._foreach_copy_(scratch, weights)
+            torch._foreach_copy_(weights, averages)
+            torch._foreach_copy_(averages, scratch)
         self.swapped = not self.swapped
 
     @torch.no_grad()
@@ -209,9 +208,9 @@ class WeightAverage:
         weights, averages = self._tensors()
         if weights:
             if self.swapped:
-                _foreach_copy_(averages, weights)
+                torch._foreach_copy_(averages, weights)
             else:
-                _foreach_copy_(weights, averages)
+                torch._foreach_copy_(weights, averages)
         self.swapped = False
 
     @torch.no_grad()
@@ -219,7 +218,7 @@ class WeightAverage:
         """Start again from the module's weights: the next step's weights become the average."""
         weights, averages = self._tensors()
         if weights:
-            _foreach_copy_(averages, weights)
+            torch._foreach_copy_(averages, weights)
         self.updates, self.swapped = 0, False
 
     # ----------------------------------------------------------------- checkpoints
