@@ -67,9 +67,6 @@ class ArraySource(Source):
         [[0, 1], [2, 3], [4]]
     """
 
-    steps: int  # always known for arrays
-    samples: int
-
     def __init__(self, x: Any, y: Any, sample_weight: torch.Tensor | None, batching: Batching) -> None:
         self.x, self.y, self.sample_weight = x, y, sample_weight
         batch_size, steps, shard, pad, seed = (
@@ -112,6 +109,7 @@ class ArraySource(Source):
 
     def _pass(self, skip: int = 0) -> Iterator[Batch]:
         order = self._order()  # drawn now, not lazily
+        assert self.samples is not None  # always known for arrays
         return self._batches(order, range(skip * self.batch_size, self.samples, self.batch_size))
 
     # Batches are views of one chunk at a time, made by one split call per chunk. Without
@@ -173,6 +171,7 @@ class ArraySource(Source):
         stream = self._stream
         for _ in range(skip):
             next(stream)
+        assert self.steps is not None  # always known for arrays
         return (next(stream) for _ in range(self.steps - skip))
 
 
@@ -210,8 +209,6 @@ class IterableSource(Source):
         >>> [b.size for b in IterableSource(batches, Placement(), steps=None, with_targets=True).epoch()]
         [2, 1]
     """
-
-    steps: int  # the data's length, or the steps given
 
     def __init__(
         self,
@@ -296,6 +293,7 @@ class IterableSource(Source):
         for _ in range(skip):
             if self._next_element() is _EXHAUSTED:
                 break
+        assert self.steps is not None  # given (fixed_steps)
         return self._fixed(self.steps - skip)
 
     def _next_element(self) -> Any:
