@@ -3,7 +3,8 @@ import torch
 
 from tests.conftest import make_trainer
 from torchcb import Trainer
-from torchcb.metrics import resolve_loss, resolve_metrics
+from torchcb.losses import resolve_loss
+from torchcb.metrics import resolve_metrics
 
 
 def _metric(name, loss="mse"):
@@ -157,7 +158,7 @@ def test_element_wise_losses_expand_rank_1_targets_and_broadcast_them_as_tf_kera
 
 
 def test_target_check_takes_what_keras_broadcasts_and_refuses_what_keras_refuses():
-    from torchcb.metrics import target_broadcast, target_mismatch
+    from torchcb.losses import target_broadcast, target_mismatch
 
     outputs = torch.zeros(2, 10)
     for loss in ("mse", "mae", "binary_crossentropy"):

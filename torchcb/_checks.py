@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeGuard
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An int, and not a bool (``True`` is an int to Python, never a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)
 

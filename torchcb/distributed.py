@@ -80,7 +80,7 @@ def rank_zero_only(function: F) -> F:
             return function(*args, **kwargs)
         return None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps function's signature
 
 
 def backend_for(device: str | torch.device | None, cuda_available: bool | None = None) -> str:

@@ -52,6 +52,9 @@ from torchcb.checkpoint import CheckpointError
 
 __all__ = ["WeightAverage", "check_ema_arguments"]
 
+# torch._foreach_* (the fused list operations torch.optim uses) are not among the names torch exports
+# pyright: reportPrivateImportUsage=false
+
 
 def check_ema_arguments(use_ema: Any, ema_momentum: Any, ema_overwrite_frequency: Any) -> None:
     """Raise ``ValueError`` naming the argument unless the three EMA options are valid (Keras' rules)."""

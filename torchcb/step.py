@@ -36,7 +36,8 @@ from torchcb import sharded
 from torchcb._checks import check_forward_keys, check_int
 from torchcb.data import ArraySource, Batch, Source
 from torchcb.ema import WeightAverage, check_ema_arguments
-from torchcb.metrics import KNOWN_LOSSES, resolve_loss, resolve_metrics, target_broadcast, target_mismatch
+from torchcb.losses import KNOWN_LOSSES, resolve_loss, target_broadcast, target_mismatch
+from torchcb.metrics import resolve_metrics
 
 __all__ = ["PRECISIONS", "Steps", "module_modes", "set_modes"]
 

@@ -88,7 +88,7 @@ class BackupAndRestore(Callback):
         self.save_freq = save_freq
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
-        self._batch_frequency = BatchFrequency(save_freq) if save_freq != "epoch" else None
+        self._batch_frequency = BatchFrequency(save_freq) if is_int(save_freq) else None
         self._current_epoch = 0  # the epoch training goes on from (Keras 3's name)
         self._last_batch_seen = 0  # the last batch index seen in it (Keras 3's name)
         if save_freq != "epoch":  # only then does it listen to batches: an unused hook costs nothing
@@ -206,14 +206,14 @@ class BackupAndRestore(Callback):
             )
         data = None
         if is_main_process():
-            with open(found[1], "rb") as f:  # type: ignore[index]
+            with open(found[1], "rb") as f:  # type: ignore[index]  # rank 0 has one: summaries[0][0] said so
                 data = f.read()
         source = f"rank 0's {self.path}"
         return TrainingState.load(io.BytesIO(broadcast_bytes(data)), source=source), source
 
     def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._last_batch_seen = batch
-        if self._batch_frequency.passed(batch):  # type: ignore[union-attr]
+        if self._batch_frequency.passed(batch):  # type: ignore[union-attr]  # hooked only with a batch save_freq
             self._backup()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from torchcb.metrics import KNOWN_LOSSES
+from torchcb.losses import KNOWN_LOSSES
 
 __all__ = ["HOOKS", "KERAS_HOOKS", "BatchFrequency", "Callback", "MonitorCallback"]
 

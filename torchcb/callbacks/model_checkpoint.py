@@ -109,7 +109,7 @@ class ModelCheckpoint(MonitorCallback):
         self.save_freq = save_freq
         self.initial_value_threshold = initial_value_threshold
         self.epochs_since_last_save = 0
-        self._batch_frequency = BatchFrequency(save_freq) if save_freq != "epoch" else None
+        self._batch_frequency = BatchFrequency(save_freq) if is_int(save_freq) else None
         self._current_epoch = 0
         self.reset_monitor(initial_value_threshold)
         if save_freq != "epoch":  # only then does it listen to batches: an unused hook costs nothing
@@ -150,7 +150,7 @@ class ModelCheckpoint(MonitorCallback):
         self._current_epoch = epoch
 
     def _on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self._batch_frequency.passed(batch):  # type: ignore[union-attr]
+        if self._batch_frequency.passed(batch):  # type: ignore[union-attr]  # hooked only with a batch save_freq
             self._save(self._current_epoch, batch, logs or {})
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -212,7 +213,7 @@ class TensorBoard(Callback):
         if self.write_graph and not self._graph_written:
             self._graph_written = True
             self._safely("the graph", self._write_graph)
-        if self.update_freq == "epoch":
+        if not is_int(self.update_freq):  # "epoch" ("batch" is 1)
             return
         if self._samples_seen - self._samples_seen_at_last_write >= self.update_freq:
             self._samples_seen_at_last_write = self._samples_seen
@@ -291,7 +292,7 @@ class TensorBoard(Callback):
     def _write_graph(self) -> None:
         trainer = getattr(self.model, "trainer", None)
         batch = getattr(trainer, "current_batch", None)
-        if batch is None or isinstance(batch.x, dict):
+        if trainer is None or batch is None or isinstance(batch.x, dict):
             raise ValueError("the graph is traced from positional inputs; this module takes a dict")
         module = trainer.module
         modes = module_modes(module)  # put back one by one: a submodule frozen in eval mode stays so
@@ -346,12 +347,7 @@ class TensorBoard(Callback):
         if unknown:
             raise ValueError(f"embeddings_layer_names: no module named {', '.join(unknown)}")
         outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-        handles = [
-            layers[n].register_forward_hook(
-                lambda _m, _i, out, n=n: outputs[n].append(out.detach().reshape(out.shape[0], -1).cpu())
-            )
-            for n in names
-        ]
+        handles = [layers[n].register_forward_hook(_keep_outputs(outputs[n])) for n in names]
         trainer = self.model.trainer
         source = make_source(
             self.embeddings_data,
@@ -371,3 +367,12 @@ class TensorBoard(Callback):
             for handle in handles:
                 handle.remove()
         return {n: torch.cat(chunks) for n, chunks in outputs.items() if chunks}
+
+
+def _keep_outputs(kept: list[torch.Tensor]) -> Callable[[torch.nn.Module, Any, torch.Tensor], None]:
+    """A forward hook that keeps each output of a layer on the host, one row per sample."""
+
+    def keep(_module: torch.nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        kept.append(out.detach().reshape(out.shape[0], -1).cpu())
+
+    return keep
