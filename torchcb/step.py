@@ -86,8 +86,8 @@ class Steps:
         distributed: whether training steps go through DistributedDataParallel (or FSDP).
         strategy: ``None`` for DistributedDataParallel, or a :class:`torchcb.sharded.FSDP`:
             the module is then sharded with FSDP2 under torchrun (see ``torchcb.sharded``).
-        state: the run's :class:`~torchcb.state.FitState`; its optimizer step count is
-            Keras 2's ``iterations`` for the time decay.
+        state: the run's :class:`~torchcb.state.FitState`: the optimizer's steps are counted
+            there (Keras' ``iterations``, which the time decay reads).
     """
 
     def __init__(
@@ -158,6 +158,7 @@ class Steps:
         )
         self.time_decay = 0.0  # Keras 2's optimizer decay: set through model.optimizer.decay
         self.state = state if state is not None else FitState()
+        self.state.count_steps(optimizer)  # model.optimizer.iterations: the steps the optimizer takes
         self._clips = clipnorm is not None or clipvalue is not None or global_clipnorm is not None
         self._target_check: tuple[Source, Source | None] | None = None  # the sources the first batch checks
         # Keras' use_ema: the average follows every optimizer step through a step hook (torchcb.ema)

@@ -163,7 +163,6 @@ class Trainer:
             strategy=fsdp,
             state=self.state,
         )
-        self.state.count_steps(optimizer)  # model.optimizer.iterations: the steps the optimizer takes
         self.checkpointer = Checkpointer(self.steps, self.state, self.distributed)
         self.stop_check_every = check_int(stop_check_every, "stop_check_every", 1)
         self.history: History | None = None
@@ -185,20 +184,14 @@ class Trainer:
     compute_loss = _part("steps", "compute_loss")
     compute_metrics = _part("steps", "compute_metrics")
     apply_gradients = _part("steps", "apply_gradients")
-    step_optimizer = _part("steps", "step_optimizer")
     set_time_decay = _part("steps", "set_time_decay")
-    pending_gradients = _part("steps", "pending_gradients")
-    restore_pending_gradients = _part("steps", "restore_pending_gradients")
     optimizer_steps = _part("state", "optimizer_steps")
     epochs_completed = _part("state", "epoch")
     batches_done = _part("state", "batch")
     current_batch = _part("state", "current_batch")
     callback_list = _part("state", "callbacks")
-    last_callback_list = _part("state", "last_callbacks")
-    epoch_start_rng = _part("state", "epoch_start_rng")
     writer = _part("checkpointer", "writer")
     serialize_at_once_below = _part("checkpointer", "serialize_at_once_below")
-    defer = _part("checkpointer", "defer")
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimisation step on ``batch`` (``.x``, ``.y``, ``.sample_weight``, ``.size``).
