@@ -391,19 +391,19 @@ def test_a_file_saved_in_a_hook_is_on_disk_when_the_call_returns_and_loads_in_a_
 def test_a_load_waits_for_the_pending_background_write_of_its_file(tmp_path, monkeypatch):
     import threading
 
-    import torchcb.checkpoint
+    import torchcb.files
     from tests.conftest import make_data, make_trainer
     from torchcb.callbacks import Callback, ModelCheckpoint
 
     gate = threading.Event()
     _slow_background_writes(monkeypatch, gate)
-    wait_for_pending_write = torchcb.checkpoint.wait_for_pending_write
+    wait_for_pending_write = torchcb.files.wait_for_pending_write
 
     def opening_wait(path):  # the write is let go only once the load waits for it
         gate.set()
         wait_for_pending_write(path)
 
-    monkeypatch.setattr(torchcb.checkpoint, "wait_for_pending_write", opening_wait)
+    monkeypatch.setattr(torchcb.files, "wait_for_pending_write", opening_wait)
     path, weights = tmp_path / "w.pt", {}
 
     class LoadTheCheckpoint(Callback):

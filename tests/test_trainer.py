@@ -365,6 +365,29 @@ def test_optimizer_iterations_counts_steps():
     assert trainer.model.optimizer.iterations == 6
 
 
+def test_optimizer_iterations_counts_the_steps_taken_not_the_batches():
+    accumulating = make_trainer(accumulate_steps=4)
+    accumulating.fit(*make_data(24), batch_size=4, epochs=2, verbose=0)  # 6 batches: steps after 4, and 2 at the end
+    assert accumulating.model.optimizer.iterations == accumulating.state.optimizer_steps == 4
+
+    seen = []
+
+    class EveryOtherBatch(Trainer):  # a step of its own that calls optimizer.step() itself
+        def train_step(self, batch):
+            loss = self.compute_loss(self.module(batch.x), batch.y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            if len(seen) % 2 == 0:
+                self.optimizer.step()
+            seen.append(batch.size)
+            return {"loss": loss.detach()}
+
+    net = torch.nn.Linear(3, 1)
+    trainer = EveryOtherBatch(net, torch.optim.SGD(net.parameters(), lr=0.1), loss="mse", device="cpu")
+    trainer.fit(np.ones((16, 3)), np.ones((16, 1)), batch_size=4, epochs=1, verbose=0)
+    assert len(seen) == 4 and trainer.model.optimizer.iterations == 2 and trainer.state.train_batches == 4
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

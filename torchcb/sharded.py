@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchcb import distributed
+from torchcb.files import fsync_directory
 
 if TYPE_CHECKING:
-    from torchcb.checkpoint import TrainingState
-    from torchcb.trainer import Trainer
+    from torchcb.checkpoint import Checkpointer, TrainingState
 
 __all__ = [
     "FSDP",
@@ -98,15 +98,15 @@ class FSDP:
     def __repr__(self) -> str:
         return f"FSDP(policy={self.policy!r}, **{self.options!r})"
 
-    # The checkpoint format of this strategy: torchcb.checkpoint reaches it through the trainer's
-    # ``sharding`` (this object), so that it does not import this module back.
-    def save_checkpoint(self, trainer: Trainer, path: str | os.PathLike, keep_previous: str | None = None) -> None:
+    # The checkpoint format of this strategy: torchcb.checkpoint reaches it through the step
+    # object's ``sharding`` (this object), so that it does not import this module back.
+    def save_checkpoint(self, saver: Checkpointer, path: str | os.PathLike, keep_previous: str | None = None) -> None:
         """:func:`save_checkpoint`."""
-        save_checkpoint(trainer, path, keep_previous=keep_previous)
+        save_checkpoint(saver, path, keep_previous=keep_previous)
 
-    def load_checkpoint(self, trainer: Trainer, path: str | os.PathLike) -> TrainingState:
+    def load_checkpoint(self, saver: Checkpointer, path: str | os.PathLike) -> TrainingState:
         """:func:`load_checkpoint`."""
-        return load_checkpoint(trainer, path)
+        return load_checkpoint(saver, path)
 
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """:func:`full_state_dict` on rank 0 (empty elsewhere)."""
@@ -263,15 +263,6 @@ def _readable(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _fsync(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -304,31 +295,31 @@ def write_directory(path: str | os.PathLike, write: Callable[[str], None], keep_
     distributed.barrier()  # every rank's files are in tmp
     if distributed.is_main_process():
         for entry in os.scandir(tmp):
-            _fsync(entry.path)
-        _fsync(tmp)
+            fsync_directory(entry.path)
+        fsync_directory(tmp)
         old = _old(path)
         if os.path.exists(path):
             _remove(old)  # path is whole: the old copy is stale
             os.rename(path, old)
-            _fsync(parent)
+            fsync_directory(parent)
         os.rename(tmp, path)
-        _fsync(parent)
+        fsync_directory(parent)
         if os.path.exists(old):
             if keep_previous is not None:
                 _remove(keep_previous)
                 os.rename(old, keep_previous)
-                _fsync(parent)
+                fsync_directory(parent)
             else:
                 _remove(old)
     distributed.barrier()
 
 
-def _small_state(trainer: Trainer, all_ranks: bool) -> dict[str, Any]:
+def _small_state(saver: Checkpointer, all_ranks: bool) -> dict[str, Any]:
     """torchcb's own state, as a checkpoint file's dict with an empty module and optimizer."""
     from torchcb.checkpoint import TrainingState
-    from torchcb.data import tree_map
+    from torchcb.tree import tree_map
 
-    state = TrainingState.capture(trainer, all_ranks).as_dict()
+    state = TrainingState.capture(saver.state, saver.steps, all_ranks).as_dict()
     state["module"], state["optimizer"] = {}, {}
     state.pop("accumulation", None)  # gradients of a group not stepped yet are not kept here
     try:
@@ -340,9 +331,9 @@ def _small_state(trainer: Trainer, all_ranks: bool) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    trainer: Trainer, path: str | os.PathLike, all_ranks: bool = True, keep_previous: str | None = None
+    saver: Checkpointer, path: str | os.PathLike, all_ranks: bool = True, keep_previous: str | None = None
 ) -> None:
-    """Write ``trainer``'s full state as a sharded checkpoint directory; every rank calls it at the same point.
+    """Write the full state of ``saver``'s run as a sharded checkpoint directory; every rank calls it at the same point.
 
     Inside ``fit`` it is taken once the current round of hooks has finished, and written at
     once (every rank writes its shards; ``fit`` waits).
@@ -353,14 +344,14 @@ def save_checkpoint(
     from torchcb.checkpoint import atomic_save
 
     def save() -> None:
-        callbacks = trainer.callback_list
+        callbacks = saver.state.callbacks
         allowed = callbacks is None or callbacks.checkpoint_allowed()
         if distributed.get_world_size() > 1:
             allowed = not distributed.any_rank(not allowed)  # a NaN seen on any rank stops every write
         if not allowed:
             return
-        small = _small_state(trainer, all_ranks)
-        model, optimizer = get_state_dict(trainer.module, trainer.optimizer)
+        small = _small_state(saver, all_ranks)
+        model, optimizer = get_state_dict(saver.steps.module, saver.steps.optimizer)
 
         def write(directory: str) -> None:
             with _single_process_quiet():
@@ -369,7 +360,7 @@ def save_checkpoint(
 
         write_directory(path, write, keep_previous)
 
-    trainer.defer(save)
+    saver.defer(save)
 
 
 def _check_fits(directory: str, module_state: dict[str, Any], source: str) -> None:
@@ -416,8 +407,8 @@ def _read_small(directory: str, source: str) -> TrainingState:
         return TrainingState.load(io.BytesIO(f.read()), source=rank_file)
 
 
-def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> TrainingState:
-    """Read a sharded checkpoint into ``trainer``'s module and optimizer (at any world size);
+def load_checkpoint(saver: Checkpointer, path: str | os.PathLike) -> TrainingState:
+    """Read a sharded checkpoint into ``saver``'s module and optimizer (at any world size);
     returns torchcb's own state for the next ``fit``. Every rank calls it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -427,18 +418,16 @@ def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> TrainingState:
     if directory is None:
         raise FileNotFoundError(f"No sharded checkpoint at {source!r}.")
     small = _read_small(directory, source)
-    model, optimizer = get_state_dict(trainer.module, trainer.optimizer)
+    steps = saver.steps
+    model, optimizer = get_state_dict(steps.module, steps.optimizer)
     _check_fits(directory, model, source)
     state = {"model": model, "optimizer": optimizer}
     with _single_process_quiet():
         dcp.load(state, checkpoint_id=directory, no_dist=_no_dist())
-    set_state_dict(
-        trainer.module, trainer.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
-    )
-    if trainer.scaler is not None and small.scaler is not None:
-        trainer.scaler.load_state_dict(small.scaler)
-    trainer.epochs_completed = small.epoch
-    trainer.optimizer_steps = small.step
+    set_state_dict(steps.module, steps.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    if steps.scaler is not None and small.scaler is not None:
+        steps.scaler.load_state_dict(small.scaler)
+    saver.state.epoch, saver.state.optimizer_steps = small.epoch, small.step
     return small
 
 

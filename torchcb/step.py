@@ -1,11 +1,14 @@
 """The steps Keras lets a model override, and the options they run with.
 
-``train_step`` runs forward, loss, backward and the optimizer step, with mixed precision,
-gradient clipping and gradient accumulation as configured, through ``torch.compile`` and
-DistributedDataParallel when asked for (with ``use_ema``, every optimizer step also updates
-the weight average of ``torchcb.ema``); ``test_step`` and ``predict_step`` run without
-gradients. :class:`torchcb.Trainer` inherits them from :class:`Steps` and runs them in its
-loops; override one on a ``Trainer`` subclass for a model that is not one input and one target.
+``train_step`` takes one path: forward under ``autocast``, the loss, then
+``apply_gradients`` (gradients cleared at an accumulation group's start, the scaled
+backward pass, and at the group's end clipping, Keras 2's time decay and the optimizer
+step), through ``torch.compile`` and DistributedDataParallel when asked for (with
+``use_ema``, every optimizer step also updates the weight average of ``torchcb.ema``);
+``test_step`` and ``predict_step`` run without gradients. :class:`torchcb.Trainer` holds a
+:class:`Steps` and runs its steps in its loops; override one on a ``Trainer`` subclass for
+a model that is not one input and one target (``self.module``, ``self.compute_loss``,
+``self.apply_gradients`` ... there are this object's).
 
 Example:
     >>> import torch
@@ -38,6 +41,7 @@ from torchcb.data import ArraySource, Batch, Source
 from torchcb.ema import WeightAverage, check_ema_arguments
 from torchcb.losses import KNOWN_LOSSES, resolve_loss, target_broadcast, target_mismatch
 from torchcb.metrics import resolve_metrics
+from torchcb.state import FitState
 
 __all__ = ["PRECISIONS", "Steps", "module_modes", "set_modes"]
 
@@ -83,6 +87,8 @@ class Steps:
         distributed: whether training steps go through DistributedDataParallel (or FSDP).
         strategy: ``None`` for DistributedDataParallel, or a :class:`torchcb.sharded.FSDP`:
             the module is then sharded with FSDP2 under torchrun (see ``torchcb.sharded``).
+        state: the run's :class:`~torchcb.state.FitState`: the optimizer's steps are counted
+            there (Keras' ``iterations``, which the time decay reads).
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class Steps:
         ema_momentum: float = 0.99,
         ema_overwrite_frequency: int | None = None,
         strategy: Any = None,
+        state: FitState | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
@@ -119,6 +126,7 @@ class Steps:
         self.module = module.to(device)
         self.optimizer = optimizer
         self.sharding = strategy  # checkpoints are sharded directories with it, in one process too
+        self.distributed = distributed  # one of several torchrun processes
         if strategy is not None and distributed:
             sharded.shard(module, optimizer, strategy)  # before compile: it compiles the sharded module
         self.loss = resolve_loss(loss)
@@ -150,32 +158,18 @@ class Steps:
             isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) for m in module.modules()
         )
         self.time_decay = 0.0  # Keras 2's optimizer decay: set through model.optimizer.decay
-        self.optimizer_steps = 0
-        self._module_trains = True  # whether the module has a parameter to train (decided at each fit)
+        self.state = state if state is not None else FitState()
+        self.state.count_steps(optimizer)  # model.optimizer.iterations: the steps the optimizer takes
+        self._clips = clipnorm is not None or clipvalue is not None or global_clipnorm is not None
         self._target_check: tuple[Source, Source | None] | None = None  # the sources the first batch checks
         # Keras' use_ema: the average follows every optimizer step through a step hook (torchcb.ema)
         self.weight_average = (
             WeightAverage(module, optimizer, ema_momentum, ema_overwrite_frequency) if use_ema else None
         )
-        self._choose_update()
-
-    def _choose_update(self) -> None:
-        # the common configuration gets the shortest path: a small model's step is short
-        self._plain_update = (
-            self.accumulate_steps == 1
-            and self.clipnorm is None
-            and self.clipvalue is None
-            and self.global_clipnorm is None
-            and self.scaler is None
-            and not self.time_decay
-        )
-        # a module with nothing to train takes the general path, which steps only a loss with gradients
-        self._fast_step = self._plain_update and self._autocast_dtype is None and self._module_trains
 
     def set_time_decay(self, decay: float) -> None:
         """Keras 2's ``decay``: each optimizer step then uses ``lr / (1 + decay * iterations)``."""
         self.time_decay = float(decay)
-        self._choose_update()
 
     @property
     def metrics_names(self) -> list[str]:
@@ -216,11 +210,6 @@ class Steps:
         """
         if not loss.requires_grad:
             return
-        if self._plain_update:  # the common case, with nothing in between
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            return
         if self._accumulated == 0:
             self.optimizer.zero_grad(set_to_none=True)
         if self.accumulate_steps > 1:
@@ -237,19 +226,10 @@ class Steps:
         self._accumulated = 0
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
-        if self.clipvalue is not None:
-            torch._foreach_clamp_min_(grads, -self.clipvalue)
-            torch._foreach_clamp_max_(grads, self.clipvalue)
-        if self.clipnorm is not None and grads:  # each gradient tensor on its own, as Keras does
-            norms = torch._foreach_norm(grads)
-            scales = [torch.clamp(self.clipnorm / (norm + 1e-6), max=1.0) for norm in norms]
-            torch._foreach_mul_(grads, scales)
-        if self.global_clipnorm is not None and grads:
-            torch.nn.utils.clip_grad_norm_(params, self.global_clipnorm)
+        if self._clips:
+            self._clip()
         if self.time_decay:  # the rate of this step only: lr itself, as callbacks read it, is unchanged
-            factor = 1.0 / (1.0 + self.time_decay * self.optimizer_steps)
+            factor = 1.0 / (1.0 + self.time_decay * self.state.optimizer_steps)
             rates = [group["lr"] for group in self.optimizer.param_groups]
             for group, rate in zip(self.optimizer.param_groups, rates):
                 group["lr"] = rate * factor
@@ -261,6 +241,19 @@ class Steps:
         if self.time_decay:
             for group, rate in zip(self.optimizer.param_groups, rates):
                 group["lr"] = rate
+
+    def _clip(self) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.clipvalue is not None:
+            torch._foreach_clamp_min_(grads, -self.clipvalue)
+            torch._foreach_clamp_max_(grads, self.clipvalue)
+        if self.clipnorm is not None and grads:  # each gradient tensor on its own, as Keras does
+            norms = torch._foreach_norm(grads)
+            scales = [torch.clamp(self.clipnorm / (norm + 1e-6), max=1.0) for norm in norms]
+            torch._foreach_mul_(grads, scales)
+        if self.global_clipnorm is not None and grads:
+            torch.nn.utils.clip_grad_norm_(params, self.global_clipnorm)
 
     def pending_gradients(self) -> dict[str, Any] | None:
         """Mid accumulation group: the count of batches and their summed gradients (else None)."""
@@ -300,23 +293,17 @@ class Steps:
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimisation step on ``batch`` (``.x``, ``.y``, ``.sample_weight``, ``.size``).
 
-        Override it for models that are not one input and one target; return a dict of
-        scalar device tensors, which become the batch logs.
+        Override it (on a ``Trainer`` subclass) for models that are not one input and one
+        target; return a dict of scalar device tensors, which become the batch logs. The
+        first batch of a ``fit`` checks its outputs against the targets before the loss.
         """
         x, y, sample_weight, _ = batch
-        if self._fast_step:
-            # The default configuration, in direct calls: a small model's step is short, and
-            # every Python call around it shows in the throughput (see benchmarks/).
-            y_pred = self._train_call(x) if type(x) is torch.Tensor else self.forward(x, training=True)
+        with self.autocast():
+            y_pred = self.forward(x, training=True)
+            if self._target_check is not None:  # the first batch of a fit
+                self._check_outputs(y_pred, y)
             loss = self._train_loss(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        else:  # mixed precision, clipping or gradient accumulation
-            with self.autocast():
-                y_pred = self.forward(x, training=True)
-                loss = self.compute_loss(y_pred, y, sample_weight)
-            self.apply_gradients(loss)
+        self.apply_gradients(loss)
         if not self.metric_objects:
             return {"loss": loss.detach()}
         return self.compute_metrics(y_pred, y, loss)  # metrics run under no_grad
@@ -333,17 +320,18 @@ class Steps:
         with self.autocast():
             return self.forward(batch.x)
 
-    def _reset_stateful_metrics(self) -> None:
+    def reset_metrics(self) -> None:
+        """Start every stateful metric again (at an epoch's start, before validation)."""
         for metric in self.metric_objects:
             if metric.stateful:
                 metric.reset()  # type: ignore[attr-defined]
 
-    def check_data(self, train: Source, val: Source | None) -> None:
+    def check_data(self, train: Source, val: Source | None, default_step: bool = True) -> None:
         """Refuse, before any hook runs, what the in-memory data and the module's signature show
         alone: negative labels under ``sparse_categorical_crossentropy``, and dict inputs whose keys
-        ``forward`` does not take. (Shapes and labels past the class count need the module's
-        outputs: the first batch checks them, see :meth:`begin_fit_steps`.)"""
-        default_step = type(self).train_step is Steps.train_step and "train_step" not in self.__dict__
+        ``forward`` does not take (``default_step``: the step is not one of the user's). Shapes and
+        labels past the class count need the module's outputs: the first batch checks them, see
+        :meth:`begin_fit_steps`."""
         for source, argument in ((train, "y"), (val, "validation y")):
             if not isinstance(source, ArraySource):
                 continue
@@ -358,49 +346,28 @@ class Steps:
                         "indices from 0 to the number of outputs - 1."
                     )
 
-    def begin_fit_steps(self, train: Source, val: Source | None) -> None:
-        """Set this fit's steps up: the first batch checks its targets against the module's outputs
-        (then later batches take the plain step, with no check), and a module with no trainable
-        parameter steps nothing (a warning says so, as Keras 3 does)."""
-        self._module_trains = any(p.requires_grad for p in self.module.parameters())
-        self._choose_update()
-        if not self._module_trains:
+    def begin_fit_steps(self, train: Source, val: Source | None, default_step: bool = True) -> None:
+        """Set this fit's steps up: with the default ``train_step`` (``default_step``), the first batch
+        checks its targets against the module's outputs (later batches skip the check), and a module
+        with no trainable parameter steps nothing (a warning says so, as Keras 3 does)."""
+        if not any(p.requires_grad for p in self.module.parameters()):
             warnings.warn(
                 "The module has no trainable parameter: fit runs its batches, metrics and callbacks and steps nothing.",
                 stacklevel=3,
             )
-        default_step = type(self).train_step is Steps.train_step and "train_step" not in self.__dict__
         if default_step and self.loss.name in KNOWN_LOSSES:
             self._target_check = (train, val)
-            self.train_step = self._first_train_step  # type: ignore[method-assign]
 
     def end_fit_steps(self) -> None:
         """Undo :meth:`begin_fit_steps` at the end of a fit, however it ends."""
-        if self.__dict__.get("train_step") == self._first_train_step:
-            del self.train_step
         self._target_check = None
-        self._module_trains = True
-        self._choose_update()
-
-    def _first_train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The default step, with the outputs checked against the targets before the loss: the
-        first batch of a fit takes it, then :meth:`train_step` itself runs, with no check."""
-        del self.train_step  # the batches after this one take the plain step
-        x, y, sample_weight, _ = batch
-        with self.autocast():
-            y_pred = self.forward(x, training=True)
-            self._check_outputs(y_pred, y)
-            loss = self._train_loss(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
-        self.apply_gradients(loss)
-        if not self.metric_objects:
-            return {"loss": loss.detach()}
-        return self.compute_metrics(y_pred, y, loss)
+        self._train_loss = self.loss.fn
 
     def _check_outputs(self, y_pred: Any, y: Any) -> None:
         """The first batch's check: targets that cannot fit the outputs under the Keras loss, and
         class labels past the outputs' count, raise ``ValueError``; targets that Keras expands
         and broadcasts to the outputs give a warning naming both shapes."""
-        train, val = self._target_check
+        train, val = self._target_check  # type: ignore[misc]
         self._target_check = None
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
             return

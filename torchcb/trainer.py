@@ -2,13 +2,19 @@
 
 The whole training loop is :meth:`Trainer.fit`, readable top to bottom. Per batch it runs
 the step and the batch hooks and nothing else: the step returns device tensors, the batch
-logs hold them unread (see ``torchcb.logs``), and the loop sums them on the device. The
-callbacks are reached through their ``CallbackList``; what a full checkpoint holds is
-``torchcb.checkpoint.TrainingState``.
+logs hold them unread (see ``torchcb.logs``), and the loop sums them on the device.
+
+A ``Trainer`` holds its parts and passes them along: ``state``, the run's
+``torchcb.state.FitState`` (counters, stop flag, the running callbacks); ``steps``, the
+``torchcb.step.Steps`` that runs forward, loss and optimizer step; ``checkpointer``, the
+``torchcb.checkpoint.Checkpointer`` that saves and resumes; and ``model``, the Keras-shaped
+facade of ``torchcb.facade`` that callbacks see. The callbacks are reached through their
+``CallbackList``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,28 +25,27 @@ from torchcb._checks import check_int, check_verbose, validation_schedule
 from torchcb.callbacks.callback_list import CallbackList
 from torchcb.callbacks.defaults import for_fit, for_inference
 from torchcb.callbacks.history import History
-from torchcb.checkpoint import BackgroundWriter, Checkpointing, TrainingState, rng_state, set_rng_state
-from torchcb.data import (
-    ArraySource,
-    Batch,
-    Batching,
-    Placement,
-    Source,
-    ValidationArrays,
-    is_array_input,
-    make_source,
-    split_arrays,
-    validation_source,
-)
+from torchcb.checkpoint import Checkpointer, TrainingState
+from torchcb.data import ArraySource, Batch, Batching, Source, ValidationArrays, is_array_input
 from torchcb.facade import KerasModel
-from torchcb.logs import EpochTotals, Logs, resolve_pending
+from torchcb.logs import EpochTotals
+from torchcb.loops import fit_params, fit_sources, inference_source, predict_loop, shard, test_loop
+from torchcb.state import FitState
 from torchcb.step import Steps, module_modes, set_modes
-from torchcb.tree import concatenate
 
 __all__ = ["Trainer"]
 
 
-class Trainer(Steps, Checkpointing):
+def _part(part: str, name: str) -> Any:
+    """A Trainer attribute that is ``name`` of its ``part`` (``steps``, ``state``), read and set there."""
+    return property(
+        lambda self: getattr(getattr(self, part), name),
+        lambda self, value: setattr(getattr(self, part), name, value),
+        doc=f"``{part}.{name}``",
+    )
+
+
+class Trainer:
     """Train a ``torch.nn.Module`` with the Keras ``fit`` API and Keras callbacks.
 
     Args:
@@ -84,11 +89,13 @@ class Trainer(Steps, Checkpointing):
         model: the Keras-shaped facade every callback sees (``torchcb.facade.KerasModel``).
         weight_average: the :class:`torchcb.ema.WeightAverage` with ``use_ema=True``, else None.
         history: the History of the last ``fit``.
+        state: the run's :class:`torchcb.state.FitState` (``optimizer_steps``, ``epoch`` ...).
+        steps: the :class:`torchcb.step.Steps` behind ``module``, ``optimizer``, ``forward``,
+            ``autocast``, ``compute_loss``, ``compute_metrics`` and ``apply_gradients``.
+        checkpointer: the :class:`torchcb.checkpoint.Checkpointer` behind the saves and loads.
 
-    ``train_step``, ``test_step`` and ``predict_step`` come from :class:`torchcb.step.Steps`;
-    override them on a subclass for a model that is not one input and one target.
-    ``save_checkpoint``, ``save_weights``, ``load_checkpoint``, ``load_weights`` and
-    ``wait_for_writes`` come from :class:`torchcb.checkpoint.Checkpointing`.
+    Override ``train_step``, ``test_step`` or ``predict_step`` on a subclass for a model that
+    is not one input and one target (see ``torchcb.step``); the loops call them.
 
     Example:
         >>> import torch
@@ -137,7 +144,8 @@ class Trainer(Steps, Checkpointing):
             if self.distributed and device == "cuda":
                 device = f"cuda:{local_rank}"  # each rank on its own GPU
                 torch.cuda.set_device(local_rank)
-        super().__init__(
+        self.state = FitState()
+        self.steps = Steps(
             module,
             optimizer,
             loss,
@@ -155,20 +163,53 @@ class Trainer(Steps, Checkpointing):
             ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency,
             strategy=fsdp,
+            state=self.state,
         )
+        self.checkpointer = Checkpointer(self.steps, self.state, self.distributed)
         self.stop_check_every = check_int(stop_check_every, "stop_check_every", 1)
-        self.epochs_completed = 0
-        self.batches_done = 0  # batches finished in the current epoch
         self.history: History | None = None
-        self.current_batch: Batch | None = None  # the batch being trained on, for callbacks that trace the module
-        self.callback_list: CallbackList | None = None  # the callbacks of the running fit
-        self.last_callback_list: CallbackList | None = None  # a checkpoint saved after fit holds their state
-        self.epoch_start_rng: dict[str, Any] | None = None  # random state at the start of the current epoch
-        self._pending_resume: TrainingState | None = None  # a loaded checkpoint the next fit resumes from
-        self._resume: TrainingState | None = None  # the one this fit resumes from
-        self.writer = BackgroundWriter()  # checkpoints saved during fit are written off the training path
-        self.serialize_at_once_below = 2**20  # bytes of tensors under which a checkpoint is serialized at once
         self.model = KerasModel(self)
+
+    # The parts' names that a train_step override, callbacks and users reach on the trainer.
+    module = _part("steps", "module")
+    optimizer = _part("steps", "optimizer")
+    device = _part("steps", "device")
+    loss = _part("steps", "loss")
+    metric_objects = _part("steps", "metric_objects")
+    metrics_names = _part("steps", "metrics_names")
+    scaler = _part("steps", "scaler")
+    weight_average = _part("steps", "weight_average")
+    time_decay = _part("steps", "time_decay")
+    sharding = _part("steps", "sharding")
+    forward = _part("steps", "forward")
+    autocast = _part("steps", "autocast")
+    compute_loss = _part("steps", "compute_loss")
+    compute_metrics = _part("steps", "compute_metrics")
+    apply_gradients = _part("steps", "apply_gradients")
+    set_time_decay = _part("steps", "set_time_decay")
+    optimizer_steps = _part("state", "optimizer_steps")
+    epochs_completed = _part("state", "epoch")
+    batches_done = _part("state", "batch")
+    current_batch = _part("state", "current_batch")
+    callback_list = _part("state", "callbacks")
+    writer = _part("checkpointer", "writer")
+    serialize_at_once_below = _part("checkpointer", "serialize_at_once_below")
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch`` (``.x``, ``.y``, ``.sample_weight``, ``.size``).
+
+        Override it for models that are not one input and one target; return a dict of
+        scalar device tensors, which become the batch logs (see ``torchcb.step``).
+        """
+        return self.steps.train_step(batch)
+
+    def test_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss and metrics on ``batch``, without gradients. Override like :meth:`train_step`."""
+        return self.steps.test_step(batch)
+
+    def predict_step(self, batch: Batch) -> Any:
+        """The module's outputs for ``batch.x``."""
+        return self.steps.predict_step(batch)
 
     # ----------------------------------------------------------------- fit
 
@@ -226,26 +267,28 @@ class Trainer(Steps, Checkpointing):
         initial_epoch = check_int(initial_epoch, "initial_epoch", 0)
         verbose = check_verbose(verbose)
         should_validate = validation_schedule(validation_freq)
-        train, val = self._fit_sources(
-            x, y, batch_size, shuffle, validation_split, validation_data, class_weight, sample_weight,
-            steps_per_epoch, validation_steps,
+        train, val = fit_sources(
+            self.steps, x, y, batch_size, shuffle, validation_split, validation_data, class_weight, sample_weight,
+            steps_per_epoch, validation_steps, default_step=self._default_step(),
         )  # fmt: skip
         totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
         callbacks, history = self._fit_callbacks(callbacks, verbose, train, totals)  # the loop sums the epoch
         callbacks.writer = self.writer  # a failed background write surfaces at the next hook
         batch_size = batch_size or (32 if is_array_input(x) else None)
-        callbacks.set_params(self._fit_params(batch_size, epochs, verbose, train, validating=val is not None))
+        callbacks.set_params(fit_params(self.steps, batch_size, epochs, verbose, train, validating=val is not None))
 
-        # 2. Train.
-        model = self.model
+        # 2. Train. The loop owns the run's state; the parts read it from there.
+        model, state, steps, checkpointer = self.model, self.state, self.steps, self.checkpointer
         self.history = model.history = history
-        self.callback_list = self.last_callback_list = callbacks
-        model.stop_training = False
-        self.restore_pending_gradients(None)  # no gradient of an interrupted fit leaks into this one
-        self._train_loss = self.loss.for_targets(train.y) if isinstance(train, ArraySource) else self.loss.fn
+        state.callbacks = state.last_callbacks = callbacks
+        state.stop_training = False
+        steps.restore_pending_gradients(None)  # no gradient of an interrupted fit leaks into this one
+        steps._train_loss = steps.loss.for_targets(train.y) if isinstance(train, ArraySource) else steps.loss.fn
         # a module left in eval mode trains in training mode, as Keras trains, and goes back after
         modes_before = None if self.module.training else module_modes(self.module)
-        self.begin_fit_steps(train, val)  # the first batch checks the targets against the outputs
+        default_step = self._default_step()
+        steps.begin_fit_steps(train, val, default_step)  # the first batch checks the targets against the outputs
+        train_step = steps.train_step if default_step else self.train_step
         ranks = self.distributed  # under torchrun, ranks agree on stopping every stop_check_every batches
         epoch_logs: dict[str, Any] = {}
         try:
@@ -256,117 +299,63 @@ class Trainer(Steps, Checkpointing):
             # Keras' BackupAndRestore sets the model's _initial_epoch in on_train_begin (used once)
             initial_epoch, model._initial_epoch = model._initial_epoch or initial_epoch, None
             # A checkpoint loaded before fit or in on_train_begin (BackupAndRestore) says where to resume.
-            start_epoch, skip = self.resume_point(callbacks, initial_epoch, epochs)
+            start_epoch, skip = checkpointer.resume_point(callbacks, initial_epoch, epochs)
             callbacks.begin_train_batches()
             for epoch in range(start_epoch, epochs):
                 if not skip:  # a run resumed mid-epoch restored the metrics of the epoch so far
-                    self._reset_stateful_metrics()
+                    steps.reset_metrics()
                 totals.reset()
                 callbacks.on_epoch_begin(epoch, {})  # a resumed epoch opens too, for every callback
                 if skip:
-                    self.resume_epoch(callbacks)  # the epoch sums, the bar's count, the rates: as they were
+                    checkpointer.resume_epoch(callbacks)  # the epoch sums, the bar's count, the rates: as they were
                 train.set_epoch(epoch)
-                for step, batch in self._epoch_batches(train, skip):
-                    self.current_batch = batch
+                for step, batch in checkpointer.epoch_batches(train, skip):  # the rest of a resumed epoch
+                    state.current_batch = batch
                     logs = callbacks.train_batch_begin(step, batch.size)
-                    outputs = self.train_step(batch)
-                    self.optimizer_steps += 1
-                    self.batches_done = step + 1
+                    outputs = train_step(batch)  # the optimizer's step hook counts state.optimizer_steps
+                    state.batch = step + 1
                     totals.add(outputs, batch.size)  # on the device, read back at the epoch's end
                     callbacks.train_batch_end(step, batch.size, outputs, logs)
                     if ranks:  # a stop asked on any rank takes effect at the next agreement
                         if (step + 1) % self.stop_check_every == 0 and self._agree_on_stop():
                             break
-                    elif model.stop_training:
+                    elif state.stop_training:
                         break
+                state.train_batches += state.batch - skip
                 skip = 0
                 if ranks:
                     self._agree_on_stop()  # every rank validates, or none does
-                self.step_optimizer()  # a last, partial group of accumulated gradients
+                steps.step_optimizer()  # a last, partial group of accumulated gradients
                 epoch_logs = {}
                 # Keras validates only an epoch that ran to its end, not after a batch-level stop
-                if val is not None and not model.stop_training and should_validate(epoch):
-                    val_logs = self._test_loop(val, callbacks)
+                if val is not None and not state.stop_training and should_validate(epoch):
+                    val_logs = test_loop(steps, state, self.test_step, val, callbacks)
                     epoch_logs.update(("val_" + key, value) for key, value in val_logs.items())
-                self.epochs_completed, self.batches_done = epoch + 1, 0
+                state.epoch, state.batch = epoch + 1, 0
                 callbacks.on_epoch_end(epoch, epoch_logs)  # BaseLogger, first, adds the training averages
+                state.logs = epoch_logs
                 if ranks:
                     self._agree_on_stop()
-                if model.stop_training or train.exhausted:
+                if state.stop_training or train.exhausted:
                     break
-            if self.weight_average is not None and epochs > 0:
-                self.weight_average.finalize()  # as Keras' fit: the module ends with the averaged weights
+            if steps.weight_average is not None and epochs > 0:
+                steps.weight_average.finalize()  # as Keras' fit: the module ends with the averaged weights
             callbacks.on_train_end(epoch_logs)
-            self.writer.wait()  # every checkpoint is on disk when fit returns
+            checkpointer.writer.wait()  # every checkpoint is on disk when fit returns
         except BaseException as error:
             callbacks.on_train_error(error)  # callbacks release files and threads; Keras' hooks stay as they are
-            self.writer.wait()  # what was written stays whole (a failed write raises, chained to the error)
+            checkpointer.writer.wait()  # what was written stays whole (a failed write raises, chained to the error)
             raise
         finally:
-            self.callback_list = None
-            self.current_batch = None
-            self._train_loss = self.loss.fn
-            self.end_fit_steps()
+            state.callbacks = state.current_batch = None
+            steps.end_fit_steps()
             if modes_before is not None:
                 set_modes(modes_before)
         return history
 
-    def _fit_sources(
-        self,
-        x: Any,
-        y: Any,
-        batch_size: int | None,
-        shuffle: Any,
-        validation_split: Any,
-        validation_data: Any,
-        class_weight: Any,
-        sample_weight: Any,
-        steps_per_epoch: int | None,
-        validation_steps: int | None,
-    ) -> tuple[Source, Source | None]:
-        """The training and validation batches of ``fit``, every argument checked."""
-        if not isinstance(shuffle, bool):
-            raise ValueError(f"shuffle must be True or False, got {shuffle!r}.")
-        if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split must be a float in [0, 1), got {validation_split!r}.")
-        if validation_split and not is_array_input(x):
-            raise ValueError(
-                f"validation_split needs in-memory arrays or tensors; x is a {type(x).__name__}. "
-                "Pass validation_data instead."
-            )
-        if validation_split and validation_data is None:
-            (x, y, sample_weight), validation_data = split_arrays(x, y, sample_weight, validation_split)
-        seed = distributed.shared_seed() if self.distributed else None
-        batching = Batching(
-            batch_size=batch_size, shuffle=shuffle, steps=steps_per_epoch, shard=self._shard(), seed=seed
-        )
-        placement = Placement(self.device, float_inputs=self.float_inputs)
-        train = make_source(
-            x, y, batching=batching, placement=placement, sample_weight=sample_weight, class_weight=class_weight
-        )
-        if (sample_weight is not None or class_weight) and not self.loss.supports_weights:
-            self.loss.per_sample(None, None)  # raises the explanation
-        val = validation_source(
-            validation_data,
-            batch_size=batch_size,
-            steps=validation_steps,
-            placement=placement,
-            shard=self._shard(),
-        )
-        self.check_data(train, val)
-        return train, val
-
-    def _fit_params(self, batch_size: int | None, epochs: int, verbose: int, train: Source, validating: bool) -> dict:
-        """Keras 2's ``params`` for the callbacks of a ``fit``."""
-        return {
-            "batch_size": batch_size,
-            "epochs": epochs,
-            "steps": train.steps,
-            "samples": train.samples,
-            "verbose": verbose,
-            "do_validation": validating,
-            "metrics": self.metrics_names + (["val_" + n for n in self.metrics_names] if validating else []),
-        }
+    def _default_step(self) -> bool:
+        """Whether ``fit`` runs the step of :class:`torchcb.step.Steps`, not one of a subclass or instance."""
+        return type(self).train_step is Trainer.train_step and "train_step" not in self.__dict__
 
     def _fit_callbacks(
         self, callbacks: Any, verbose: int, train: Source, totals: EpochTotals
@@ -376,59 +365,10 @@ class Trainer(Steps, Checkpointing):
         callback_list = for_fit(callbacks, model=self.model, verbose=verbose, count_mode=count_mode, totals=totals)
         return callback_list, callback_list.history
 
-    def _epoch_batches(self, train: Source, skip: int) -> Any:
-        """``(index, batch)`` pairs for one epoch; with ``skip``, the rest of an epoch resumed mid-way."""
-        resume, self._resume = self._resume, None
-        if resume is not None and resume.stop_training:
-            set_rng_state(resume.rng)
-            return iter(())  # the run had been asked to stop during this epoch: no batch is left
-        if resume is not None and skip and resume.epoch_rng is not None:
-            set_rng_state(resume.epoch_rng)  # rebuild the interrupted epoch's batch order
-            self.epoch_start_rng = resume.epoch_rng
-            batches = train.epoch(skip)
-            set_rng_state(resume.rng)  # then continue from the random state of the backup
-            return enumerate(batches, start=skip)
-        if resume is not None:
-            set_rng_state(resume.rng)
-        self.epoch_start_rng = rng_state()
-        return enumerate(train.epoch(skip), start=skip)
-
-    def _shard(self) -> tuple[int, int] | None:
-        """``(rank, world size)`` under torchrun: what part of the data this process takes."""
-        return (distributed.get_rank(), distributed.get_world_size()) if self.distributed else None
-
     def _agree_on_stop(self) -> bool:
         """Under torchrun: stop everywhere if any rank asked to (one small all-reduce)."""
-        self.model.stop_training = distributed.any_rank(self.model.stop_training)
-        return self.model.stop_training
-
-    def _test_loop(self, source: Source, callbacks: CallbackList) -> dict[str, float]:
-        """Run the test hooks over ``source``; returns the size-weighted averages of the step's logs."""
-        modes = module_modes(self.module)  # each submodule's own mode, put back after, even on an error
-        self.module.eval()
-        try:
-            for callback in self.callback_list or ():  # the training epoch's metric values, before the reset
-                if isinstance(getattr(callback, "totals", None), EpochTotals):
-                    callback.totals.settle()
-            self._reset_stateful_metrics()
-            totals = EpochTotals({m.name for m in self.metric_objects if m.stateful}, skip=("batch", "size"))
-            callbacks.on_test_begin({})
-            batch_logs = bool(callbacks.methods("on_test_batch_begin") or callbacks.methods("on_test_batch_end"))
-            with torch.no_grad(), self.gathered():
-                for step, batch in enumerate(source.epoch()):
-                    logs = Logs(batch=step, size=batch.size)
-                    callbacks.on_test_batch_begin(step, logs)
-                    outputs = self.test_step(batch)
-                    if batch_logs:  # a stateful metric computes only for logs a callback is handed
-                        resolve_pending(outputs)
-                    logs.update_raw(outputs)
-                    totals.add(outputs, batch.size)
-                    callbacks.on_test_batch_end(step, logs)
-            results = totals.result()
-            callbacks.on_test_end(dict(results))
-        finally:
-            set_modes(modes)
-        return results
+        self.state.stop_training = distributed.any_rank(self.state.stop_training)
+        return self.state.stop_training
 
     # ----------------------------------------------------------------- evaluate / predict
 
@@ -454,20 +394,15 @@ class Trainer(Steps, Checkpointing):
             ['loss', 'mae']
         """
         verbose = check_verbose(verbose)
-        source = make_source(
-            x,
-            y,
-            batching=Batching(
-                batch_size=batch_size, steps=steps, steps_argument="steps", shard=self._shard(), pad=False
-            ),
-            placement=Placement(self.device, float_inputs=self.float_inputs),
-            sample_weight=sample_weight,
+        batching = Batching(
+            batch_size=batch_size, steps=steps, steps_argument="steps", shard=shard(self.steps), pad=False
         )
+        source = inference_source(self.steps, x, y, batching, sample_weight=sample_weight)
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples}
         callback_list = for_inference(
             callbacks, model=self.model, verbose=verbose, params={**params, "metrics": self.metrics_names}
         )
-        results = self._test_loop(source, callback_list)
+        results = test_loop(self.steps, self.state, self.test_step, source, callback_list)
         if return_dict:
             return results
         values = list(results.values())
@@ -492,27 +427,42 @@ class Trainer(Steps, Checkpointing):
             torch.Size([5, 3])
         """
         verbose = check_verbose(verbose)
-        source = make_source(
-            x,
-            None,
-            batching=Batching(batch_size=batch_size, steps=steps, steps_argument="steps"),
-            placement=Placement(self.device, float_inputs=self.float_inputs),
-            with_targets=False,
-        )
+        batching = Batching(batch_size=batch_size, steps=steps, steps_argument="steps")
+        source = inference_source(self.steps, x, None, batching, with_targets=False)
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples, "metrics": []}
         callback_list = for_inference(callbacks, model=self.model, verbose=verbose, params=params)
-        modes = module_modes(self.module)  # put back after, also on an error: a frozen submodule stays frozen
-        self.module.eval()
-        outputs = []
-        try:
-            callback_list.on_predict_begin({})
-            with torch.no_grad(), self.gathered():
-                for step, batch in enumerate(source.epoch()):
-                    callback_list.on_predict_batch_begin(step, {"batch": step, "size": batch.size})
-                    output = self.predict_step(batch)
-                    outputs.append(output)
-                    callback_list.on_predict_batch_end(step, {"batch": step, "size": batch.size, "outputs": output})
-            callback_list.on_predict_end({})
-        finally:
-            set_modes(modes)
-        return concatenate(outputs)
+        return predict_loop(self.steps, self.predict_step, source, callback_list)
+
+    # ----------------------------------------------------------------- checkpoints (torchcb.checkpoint)
+
+    def save_checkpoint(
+        self,
+        path: str | os.PathLike,
+        *,
+        all_ranks: bool = False,
+        keep_previous: str | os.PathLike | None = None,
+        background: bool = False,
+    ) -> None:
+        """Write the full training state to ``path`` (``model.save``); see :meth:`Checkpointer.save_checkpoint`."""
+        self.checkpointer.save_checkpoint(path, all_ranks=all_ranks, keep_previous=keep_previous, background=background)
+
+    def save_weights(self, path: str | os.PathLike, *, background: bool = False) -> None:
+        """Write the module's ``state_dict`` to ``path`` (``model.save_weights``), as :meth:`save_checkpoint` writes."""
+        self.checkpointer.save_weights(path, background=background)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> int:
+        """Restore a full checkpoint; the next ``fit`` resumes where it was written (see
+        :meth:`Checkpointer.load_checkpoint`). Returns the epoch the next ``fit`` starts at."""
+        return self.checkpointer.load_checkpoint(path)
+
+    def restore_state(self, state: TrainingState, source: str = "the checkpoint") -> int:
+        """What :meth:`load_checkpoint` does, for a state already read (``source`` names it in errors)."""
+        return self.checkpointer.restore_state(state, source)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load module weights from ``save_weights`` output or from a full checkpoint (checked first)."""
+        self.checkpointer.load_weights(path)
+
+    def wait_for_writes(self) -> None:
+        """Return once every checkpoint submitted during ``fit`` is on disk (``fit`` ends with it)."""
+        self.checkpointer.writer.wait()

@@ -263,6 +263,15 @@ def test_a_run_that_had_decided_to_stop_stops_again_when_resumed(tmp_path):
     assert _same_weights(again, reference)  # the best weights, restored at the end as in one run
 
 
+class InterruptAfterBatches(InterruptAt):
+    """Raises once, after the given number of batches (mid accumulation group: no optimizer step)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step -= 1
+        if self.step == 0:
+            raise RuntimeError("interrupted")
+
+
 @pytest.mark.parametrize("interrupt_at", [2, 5, 7, 13])
 def test_accumulated_gradients_resume_bitwise_mid_group(tmp_path, interrupt_at):
     # 6 batches an epoch, groups of 4: steps after batches 4 and 6 (a partial group at the epoch's end)
@@ -270,7 +279,7 @@ def test_accumulated_gradients_resume_bitwise_mid_group(tmp_path, interrupt_at):
     reference_history = _fit(reference, tmp_path, [], "reference")
     backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
     with pytest.raises(RuntimeError, match="interrupted"):
-        _fit(_trainer(accumulate_steps=4), tmp_path, [backup, InterruptAt(interrupt_at)], "resumed")
+        _fit(_trainer(accumulate_steps=4), tmp_path, [backup, InterruptAfterBatches(interrupt_at)], "resumed")
     resumed = _trainer(accumulate_steps=4)
     history = _fit(resumed, tmp_path, [backup], "resumed")
     assert _same_weights(resumed, reference)
@@ -280,7 +289,7 @@ def test_accumulated_gradients_resume_bitwise_mid_group(tmp_path, interrupt_at):
 def test_a_fit_cut_off_mid_group_leaves_no_gradient_to_the_next_fit():
     class CtrlC(Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if self.model.optimizer.iterations == 2:
+            if batch == 1:  # two batches of a group of four: no optimizer step yet
                 raise KeyboardInterrupt
 
     trainer = _trainer(accumulate_steps=4)

@@ -237,7 +237,7 @@ def test_a_step_that_returns_plain_numbers_is_checked_in_groups_too(capsys):
     class PlainLosses(Trainer):
         def train_step(self, batch):
             outputs = super().train_step(batch)
-            return {"loss": float("nan") if self.optimizer_steps == 5 else float(outputs["loss"])}
+            return {"loss": float("nan") if self.state.batch == 5 else float(outputs["loss"])}
 
     net = torch.nn.Linear(1, 1)
     trainer = PlainLosses(net, torch.optim.SGD(net.parameters(), lr=0.01), loss="mse", device="cpu")

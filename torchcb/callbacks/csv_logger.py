@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from torchcb.callbacks.base import Callback
-from torchcb.checkpoint import atomic_write, check_writable
 from torchcb.distributed import is_main_process
+from torchcb.files import atomic_write, check_writable
 
 __all__ = ["CSVLogger"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from torchcb._checks import check_int, is_int
 from torchcb.callbacks.base import BatchFrequency, MonitorCallback
-from torchcb.checkpoint import Checkpointing, check_writable
+from torchcb.checkpoint import Checkpointer, check_writable
 from torchcb.distributed import is_main_process
 from torchcb.sharded import is_checkpoint_dir
 from torchcb.utils import print_msg
@@ -205,7 +205,7 @@ class ModelCheckpoint(MonitorCallback):
         elif self.verbose > 0 and main:
             print_msg("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
         trainer = getattr(self.model, "trainer", None)
-        if isinstance(trainer, Checkpointing):  # torchcb's trainer: written in the background, once the round ends
+        if isinstance(getattr(trainer, "checkpointer", None), Checkpointer):  # torchcb's trainer: in the background
             if self.save_weights_only:
                 trainer.save_weights(filepath, background=True)
             else:
