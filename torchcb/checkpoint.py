@@ -410,7 +410,9 @@ class Checkpointer:
             # goes on. A small state is serialized here, which costs less than a copy; a large
             # one is copied to host memory and serialized there too.
             data = serialized(state) if tensor_bytes(state) < self.serialize_at_once_below else to_host(state)
-            self.writer.submit(path, functools.partial(write_checkpoint, path, data, keep_previous))
+            # a backup that keeps the previous one is never dropped for a newer one: `.bkp` is always the last
+            write = functools.partial(write_checkpoint, path, data, keep_previous)
+            self.writer.submit(path, write, replaceable=keep_previous is None)
 
         if background:
             self.defer(save)

@@ -54,6 +54,9 @@ from torchcb.files import fsync_directory
 if TYPE_CHECKING:
     from torchcb.checkpoint import Checkpointer, TrainingState
 
+# torch.distributed.checkpoint's save, load and FileSystemReader are public API its stubs do not re-export
+# pyright: reportPrivateImportUsage=false
+
 __all__ = [
     "FSDP",
     "check_strategy",
@@ -216,7 +219,7 @@ def full_state_dict(module: torch.nn.Module, rank0_only: bool = False) -> dict[s
         return {} if rank0_only and not distributed.is_main_process() else state
     options = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
     state = get_model_state_dict(module, options=options)
-    return {k: v.detach().cpu() for k, v in state.items()}
+    return {k: v.detach().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def set_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -226,7 +229,7 @@ def set_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor])
     if not is_sharded(module):
         module.load_state_dict(state)
         return
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(module, dict(state), options=StateDictOptions(full_state_dict=True))
 
 
 # ---------------------------------------------------------------- checkpoint directories
@@ -376,12 +379,11 @@ def _check_fits(directory: str, module_state: dict[str, Any], source: str) -> No
     unexpected = [
         k[len("model.") :] for k in saved if k.startswith("model.") and k[len("model.") :] not in module_state
     ]
+    sizes = {k: getattr(saved.get(f"model.{k}"), "size", None) for k in module_state}  # None: not a tensor
     mismatched = [
-        f"{k}: {tuple(saved[f'model.{k}'].size)} in the checkpoint, {tuple(v.shape)} in the module"
+        f"{k}: {tuple(size)} in the checkpoint, {tuple(v.shape)} in the module"
         for k, v in module_state.items()
-        if f"model.{k}" in saved
-        and hasattr(saved[f"model.{k}"], "size")
-        and tuple(saved[f"model.{k}"].size) != tuple(v.shape)
+        if (size := sizes[k]) is not None and tuple(size) != tuple(v.shape)
     ]
     problems = [
         text

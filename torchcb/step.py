@@ -43,6 +43,9 @@ from torchcb.losses import KNOWN_LOSSES, resolve_loss, target_broadcast, target_
 from torchcb.metrics import resolve_metrics
 from torchcb.state import FitState
 
+# torch._foreach_* (the fused list operations torch.optim uses) are not among the names torch exports
+# pyright: reportPrivateImportUsage=false
+
 __all__ = ["PRECISIONS", "Steps", "module_modes", "set_modes"]
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")

@@ -498,3 +498,22 @@ def test_progress_is_readable_as_in_keras_3(tmp_path, save_freq):
     _trainer().fit(*_data(), batch_size=8, epochs=3, verbose=0, callbacks=[backup, Look()])
     assert seen == [(1, 2)] if save_freq == 1 else seen == [(1, 0)]  # where the resumed run goes on from
     assert (backup._current_epoch, backup._last_batch_seen) == (3, 0)
+
+
+def test_a_queued_backup_is_never_dropped_for_a_newer_one_so_bkp_is_the_previous_backup(tmp_path, monkeypatch):
+    import threading
+
+    from tests.test_checkpoint import _slow_background_writes
+    from torchcb.checkpoint import safe_load
+
+    gate = threading.Event()
+    _slow_background_writes(monkeypatch, gate)  # epoch 0's write waits; epochs 1 and 2 queue behind it
+
+    class Release(Callback):
+        def on_train_end(self, logs=None):
+            gate.set()
+
+    backup = BackupAndRestore(tmp_path / "backup", delete_checkpoint=False)
+    _trainer().fit(*_data(), batch_size=8, epochs=3, verbose=0, callbacks=[backup, Release()])
+    assert safe_load(tmp_path / "backup" / "latest.pt")["epoch"] == 3
+    assert safe_load(tmp_path / "backup" / "latest.pt.bkp")["epoch"] == 2  # epoch 1's backup, not skipped

@@ -204,12 +204,12 @@ class ModelCheckpoint(MonitorCallback):
             self.best = current
         elif self.verbose > 0 and main:
             print_msg("\nEpoch %05d: saving model to %s" % (epoch + 1, filepath))
-        trainer = getattr(self.model, "trainer", None)
-        if isinstance(getattr(trainer, "checkpointer", None), Checkpointer):  # torchcb's trainer: in the background
+        checkpointer = getattr(getattr(self.model, "trainer", None), "checkpointer", None)
+        if isinstance(checkpointer, Checkpointer):  # torchcb's trainer: written in the background
             if self.save_weights_only:
-                trainer.save_weights(filepath, background=True)
+                checkpointer.save_weights(filepath, background=True)
             else:
-                trainer.save_checkpoint(filepath, background=True)
+                checkpointer.save_checkpoint(filepath, background=True)
         elif self.save_weights_only:
             self.model.save_weights(filepath, overwrite=True)
         else:
