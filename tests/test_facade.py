@@ -194,6 +194,44 @@ def test_hyperparameters_are_keras_variables_live_on_every_param_group(optimizer
         assert all(isinstance(group["betas"], tuple) for group in trainer.optimizer.param_groups)
 
 
+def test_a_negative_learning_rate_is_refused_every_way_and_the_rate_is_kept():
+    trainer = _two_group_trainer()
+    optimizer = trainer.model.optimizer
+    for setter in (
+        lambda: optimizer.learning_rate.assign(-1.0),
+        lambda: setattr(optimizer, "lr", -1),
+        lambda: K.set_value(optimizer.lr, np.float32(-1.0)),
+    ):
+        with pytest.raises(ValueError, match=r"learning rate must be >= 0, as torch optimizers take it, got -1\.0"):
+            setter()
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.1, 0.01]
+    with pytest.raises(ValueError, match="learning rate must be a finite real number, got nan"):
+        optimizer.lr.assign(float("nan"))
+    optimizer.lr.assign(0.0)  # a rate of 0 is one torch takes (ReduceLROnPlateau may reach it)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "optimizer_class, options, name, bad, expected",
+    [
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, "momentum", -0.1, ">= 0"),
+        (torch.optim.Adam, {}, "beta_1", 1.0, r"in \[0, 1\)"),
+        (torch.optim.AdamW, {}, "beta_2", -0.5, r"in \[0, 1\)"),
+        (torch.optim.Adam, {}, "epsilon", -1e-7, ">= 0"),
+        (torch.optim.Adadelta, {}, "rho", 1.5, r"in \[0, 1\]"),
+        (torch.optim.RMSprop, {}, "rho", -0.9, ">= 0"),
+    ],
+)
+def test_a_hyperparameter_torch_refuses_is_refused_when_set(optimizer_class, options, name, bad, expected):
+    trainer = _with(optimizer_class, **options)
+    before = [dict(g, params=None) for g in trainer.optimizer.param_groups]
+    with pytest.raises(ValueError, match=rf"{name} must be {expected}, as torch optimizers take it, got {bad}"):
+        getattr(trainer.model.optimizer, name).assign(bad)
+    with pytest.raises(ValueError, match=name):
+        setattr(trainer.model.optimizer, name, bad)
+    assert [dict(g, params=None) for g in trainer.optimizer.param_groups] == before
+
+
 def test_a_hyperparameter_the_optimizer_lacks_is_a_clear_attribute_error():
     optimizer = _with(torch.optim.Adam).model.optimizer
     assert not hasattr(optimizer, "momentum")  # as one-cycle schedulers test it

@@ -67,8 +67,14 @@ def _real_number(value: Any, argument: str) -> float:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, value: Any) -> None:
-    """Set the first param group's rate to ``value``, scaling every other group by the same ratio."""
+    """Set the first param group's rate to ``value``, scaling every other group by the same ratio.
+
+    A rate that is negative (or not a finite number) raises ``ValueError``, as torch optimizers
+    refuse one at construction; ``0`` is a rate (``ReduceLROnPlateau`` may reach it).
+    """
     new = _real_number(value, "learning rate")
+    if new < 0:
+        raise ValueError(f"learning rate must be >= 0, as torch optimizers take it, got {new!r}.")
     groups = optimizer.param_groups
     old = float(groups[0]["lr"])
     ratio = new / old if old != 0 else None
@@ -224,6 +230,9 @@ class GroupValue(Hyperparameter):
 
     def set_value(self, value: Any) -> None:
         new = _real_number(value, self._name)
+        bounds = _BOUNDS.get((self._key, self._index))
+        if bounds is not None and not bounds[0](new):
+            raise ValueError(f"{self._name} must be {bounds[1]}, as torch optimizers take it, got {new!r}.")
         for group in self._optimizer.param_groups:
             if self._index is None:
                 current = group[self._key]
@@ -270,6 +279,17 @@ _HYPERPARAMETERS: dict[str, list[tuple[str, int | None]]] = {
 }
 
 
+# The values torch optimizers refuse at construction, refused when set through a handle too.
+_BOUNDS: dict[tuple[str, int | None], tuple[Any, str]] = {
+    ("momentum", None): (lambda v: v >= 0, ">= 0"),
+    ("betas", 0): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("betas", 1): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("eps", None): (lambda v: v >= 0, ">= 0"),
+    ("rho", None): (lambda v: 0 <= v <= 1, "in [0, 1]"),  # Adadelta's
+    ("alpha", None): (lambda v: v >= 0, ">= 0"),  # RMSprop's
+}
+
+
 class KerasOptimizer:
     """The optimizer as Keras callbacks see it: its hyperparameters as Keras variables, and ``iterations``.
 
@@ -278,7 +298,9 @@ class KerasOptimizer:
     Adadelta's ``rho``) and ``decay`` (Keras 2's time-based decay, see :class:`TimeDecay`)
     are live handles, read and set with ``K.get_value``/``K.set_value``, ``.assign`` or
     ``=``, on every param group. One this optimizer does not have raises ``AttributeError``
-    naming both, so ``hasattr(optimizer, "momentum")`` tells, as in Keras. Any other
+    naming both, so ``hasattr(optimizer, "momentum")`` tells, as in Keras. A value torch
+    refuses at construction (a negative ``lr``, ``momentum`` or ``epsilon``, a beta outside
+    ``[0, 1)``) raises ``ValueError`` naming it, and the optimizer keeps its value. Any other
     attribute (``param_groups``, ``state_dict``, ``zero_grad`` ...) is the torch optimizer's own.
 
     Example:
