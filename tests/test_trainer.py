@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -699,6 +700,52 @@ def test_labels_past_the_class_count_raise_a_value_error_naming_y_the_label_and_
     with pytest.raises(ValueError, match="validation " + expected.replace("3,", "5,")):
         trainer.fit(x[:8], y[:8], batch_size=4, verbose=0, validation_data=(x[:2], np.array([0, 5])))
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.module.parameters()))
+
+
+def test_evaluate_refuses_bad_labels_as_fit_does_negative_ones_before_any_hook():
+    trainer = make_trainer(classes=3, metrics=("accuracy",))
+    counter = _ForwardCounter(trainer.module)
+    x, y = make_data(10, classes=3)
+    rec = Recorder()
+    y[7] = -1
+    with pytest.raises(ValueError, match="y holds the negative label -1; loss 'sparse_categorical_crossentropy'"):
+        trainer.evaluate(x, y, verbose=0, callbacks=[rec])
+    assert rec.calls == [] and counter.calls == 0
+    y[7], y[9] = 0, 7  # in the last batch: every label of the data is checked at the first batch
+    with pytest.raises(ValueError, match=r"y holds the label 7, but the module has 3 outputs \(classes 0 to 2\)"):
+        trainer.evaluate(x, y, batch_size=4, verbose=0, callbacks=[rec])
+    assert [call[0] for call in rec.calls] == ["on_test_begin", "on_test_batch_begin"] and counter.calls == 1
+    y[9] = 2
+    assert set(trainer.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)) == {"loss", "accuracy"}
+
+
+def test_evaluate_refuses_targets_that_cannot_fit_the_outputs_at_its_first_batch():
+    trainer = make_trainer(classes=3, metrics=(), loss="mse")
+    counter = _ForwardCounter(trainer.module)
+    rec = Recorder()
+    with pytest.raises(ValueError) as error:
+        trainer.evaluate(np.zeros((16, 4), np.float32), np.zeros((16, 5)), verbose=0, callbacks=[rec])
+    assert "y of shape (16, 5) does not fit the module's outputs of shape (16, 3) under loss 'mse'" in str(error.value)
+    assert [call[0] for call in rec.calls] == ["on_test_begin", "on_test_batch_begin"] and counter.calls == 1
+
+
+def test_evaluate_matches_rank_1_targets_to_the_outputs_as_keras_and_fit_do():
+    trainer = make_trainer(classes=10, metrics=("mae",), loss="mse")
+    x = np.random.rand(5, 4).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"y of shape \(5,\) is matched to the module's outputs of shape \(5, 10\)"):
+        flat = trainer.evaluate(x, np.ones(5, np.float32), verbose=0, return_dict=True)
+    assert flat == trainer.evaluate(x, np.ones((5, 10), np.float32), verbose=0, return_dict=True)
+
+
+def test_validation_inside_fit_is_checked_once_by_fit_not_again_by_the_test_loop():
+    trainer = make_trainer(classes=10, metrics=(), loss="mse")
+    counter = _ForwardCounter(trainer.module)
+    x, y = np.random.rand(8, 4).astype(np.float32), np.zeros(8, np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_data=(x, y))
+    assert [str(w.message).split(" is matched")[0] for w in caught] == ["y of shape (8,)"]
+    assert counter.calls == 2 * 2 + 2 * 2  # trained and validation batches, nothing more
 
 
 def _batchnorm_net():

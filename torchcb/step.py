@@ -165,6 +165,7 @@ class Steps:
         self.state.count_steps(optimizer)  # model.optimizer.iterations: the steps the optimizer takes
         self._clips = clipnorm is not None or clipvalue is not None or global_clipnorm is not None
         self._target_check: tuple[Source, Source | None] | None = None  # the sources the first batch checks
+        self._test_check: Source | None = None  # evaluate's source, checked at its first batch
         # Keras' use_ema: the average follows every optimizer step through a step hook (torchcb.ema)
         self.weight_average = (
             WeightAverage(module, optimizer, ema_momentum, ema_overwrite_frequency) if use_ema else None
@@ -312,9 +313,15 @@ class Steps:
         return self.compute_metrics(y_pred, y, loss)  # metrics run under no_grad
 
     def test_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Loss and metrics on ``batch``, without gradients. Override like :meth:`train_step`."""
+        """Loss and metrics on ``batch``, without gradients. Override like :meth:`train_step`.
+
+        The first batch of an ``evaluate`` checks its outputs against the targets as ``fit``'s does
+        (validation inside ``fit`` is checked by ``fit``'s first batch)."""
         with self.autocast():
             y_pred = self.forward(batch.x)
+            if self._test_check is not None:  # the first batch of an evaluate
+                source, self._test_check = self._test_check, None
+                self._check_targets(y_pred, batch.y, source, None, stacklevel=6)  # evaluate's caller
             loss = self.compute_loss(y_pred, batch.y, batch.sample_weight)
         return self.compute_metrics(y_pred, batch.y, loss)
 
@@ -361,6 +368,17 @@ class Steps:
         if default_step and self.loss.name in KNOWN_LOSSES:
             self._target_check = (train, val)
 
+    def begin_test_check(self, source: Source, default_step: bool = True) -> None:
+        """For ``evaluate``: refuse now what :meth:`check_data` refuses for ``fit`` (naming ``y``),
+        and with the default ``test_step`` (``default_step``) have its first batch check the targets
+        against the outputs, as ``fit``'s first batch does; :meth:`end_test_check` undoes it."""
+        self.check_data(source, None, default_step)
+        self._test_check = source if default_step and self.loss.name in KNOWN_LOSSES else None
+
+    def end_test_check(self) -> None:
+        """Undo :meth:`begin_test_check` at the end of an ``evaluate``, however it ends."""
+        self._test_check = None
+
     def end_fit_steps(self) -> None:
         """Undo :meth:`begin_fit_steps` at the end of a fit, however it ends."""
         self._target_check = None
@@ -372,6 +390,11 @@ class Steps:
         and broadcasts to the outputs give a warning naming both shapes."""
         train, val = self._target_check  # type: ignore[misc]
         self._target_check = None
+        self._check_targets(y_pred, y, train, val, stacklevel=5)  # fit's caller
+
+    def _check_targets(self, y_pred: Any, y: Any, train: Source, val: Source | None, stacklevel: int) -> None:
+        """:meth:`_check_outputs` for the batch of ``train`` (named ``y``) and the labels of ``val``;
+        the warning points ``stacklevel`` frames up."""
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
             return
         samples = train.num_samples if isinstance(train, ArraySource) else len(y)
@@ -380,7 +403,7 @@ class Steps:
             raise ValueError(mismatch)
         broadcast = target_broadcast(self.loss.name, y_pred, y, samples=samples)
         if broadcast is not None:
-            warnings.warn(broadcast, stacklevel=4)
+            warnings.warn(broadcast, stacklevel=stacklevel)
         if self.loss.name != _SPARSE or y_pred.dim() < 2:
             return
         classes = y_pred.shape[1]

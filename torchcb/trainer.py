@@ -385,6 +385,13 @@ class Trainer:
     ) -> Any:
         """Loss and metrics on the given data: a float for the loss alone, else a list (or a dict).
 
+        Targets are checked as ``fit`` checks them, with the same messages naming ``y``: negative
+        labels under ``sparse_categorical_crossentropy`` before any hook runs; at the first batch
+        (the module runs only in batches), targets that cannot fit the outputs and labels past
+        their count raise ``ValueError``, and rank-1 targets under ``mse``, ``mae`` and
+        ``binary_crossentropy`` are matched to rank-2 outputs as Keras matches them (a warning
+        names both shapes).
+
         Example:
             >>> import torch
             >>> from torchcb import Trainer
@@ -398,11 +405,16 @@ class Trainer:
             batch_size=batch_size, steps=steps, steps_argument="steps", shard=shard(self.steps), pad=False
         )
         source = inference_source(self.steps, x, y, batching, sample_weight=sample_weight)
+        default_step = type(self).test_step is Trainer.test_step and "test_step" not in self.__dict__
+        self.steps.begin_test_check(source, default_step)  # before any hook; the first batch checks the rest
         params = {"verbose": verbose, "epochs": 1, "steps": source.steps, "samples": source.samples}
         callback_list = for_inference(
             callbacks, model=self.model, verbose=verbose, params={**params, "metrics": self.metrics_names}
         )
-        results = test_loop(self.steps, self.state, self.test_step, source, callback_list)
+        try:
+            results = test_loop(self.steps, self.state, self.test_step, source, callback_list)
+        finally:
+            self.steps.end_test_check()
         if return_dict:
             return results
         values = list(results.values())
