@@ -168,6 +168,51 @@ def resume(out):
         json.dump(report, f)
 
 
+def _ema_trainer():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    trainer = Trainer(
+        net, optimizer, loss="sparse_categorical_crossentropy", device="cpu", strategy="fsdp",
+        use_ema=True, ema_momentum=0.8,
+    )  # fmt: skip
+    return trainer
+
+
+class LastEpoch(Callback):
+    """The raw weights, the average (gathered whole) and Keras 2's decay at the last epoch's end."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == EPOCHS - 1:
+            average = self.model.optimizer.weight_average.averaged_weights()
+            full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in average.items()}
+            self.seen = {
+                "weights": [w.tolist() for w in self.model.get_weights()],
+                "average": [full[k].tolist() for k in sorted(full)],
+                "decay": float(self.model.optimizer.decay),
+            }
+
+
+def ema_save(out):
+    """use_ema and Keras 2's decay on two ranks, a sharded checkpoint after every epoch."""
+    trainer = _ema_trainer()
+    trainer.model.optimizer.decay = 0.01
+    last = LastEpoch()
+    _fit(trainer, validation=False, callbacks=[ModelCheckpoint(f"{out}/ema-{{epoch}}"), last])
+    with open(f"{out}/ema_uninterrupted{get_rank()}.json", "w") as f:
+        json.dump(last.seen, f)
+
+
+def ema_resume(out):
+    """The run saved after its second epoch, resumed on this world size (decay not set again)."""
+    trainer = _ema_trainer()
+    trainer.load_checkpoint(f"{out}/ema-2")
+    last = LastEpoch()
+    _fit(trainer, validation=False, callbacks=[last])
+    with open(f"{out}/ema_resumed_{get_world_size()}_{get_rank()}.json", "w") as f:
+        json.dump(last.seen, f)
+
+
 class KillRankOneInThirdWrite:
     """Rank 1 is killed (SIGKILL) in the middle of the third checkpoint write: its shards written
     into the temporary directory, rank 0 waiting for it."""

@@ -126,6 +126,37 @@ def test_resume_at_another_world_size_equals_the_uninterrupted_run(resumed, worl
         assert report["history"]["loss"] == pytest.approx(uninterrupted["history"]["loss"], rel=1e-6)
 
 
+@pytest.fixture(scope="module")
+def ema_resumed(tmp_path_factory):
+    """use_ema and decay, saved after epoch 2 of 4 on 2 ranks; resumed on 1 process and on 2 ranks."""
+    out = tmp_path_factory.mktemp("ema")
+    _torchrun(WORKER, out, args=("ema_save",))
+    _torchrun(WORKER, out, processes=0, args=("ema_resume",))
+    _torchrun(WORKER, out, args=("ema_resume",))
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_the_weight_average_and_decay_resume_from_a_sharded_checkpoint(ema_resumed, world):
+    uninterrupted = json.loads((ema_resumed / "ema_uninterrupted0.json").read_text())
+    assert not _close(uninterrupted["average"], uninterrupted["weights"])  # the average is not the weights
+    for rank in range(world):
+        report = json.loads((ema_resumed / f"ema_resumed_{world}_{rank}.json").read_text())
+        assert report["decay"] == pytest.approx(0.01)
+        assert _close(report["average"], uninterrupted["average"], atol=1e-6)
+        assert _close(report["weights"], uninterrupted["weights"], atol=1e-6)
+
+
+def test_the_weight_average_is_sharded_in_the_checkpoint_not_in_the_rank_files(ema_resumed):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(ema_resumed / "ema-2")).read_metadata().state_dict_metadata
+    assert {k for k in saved if k.startswith("ema.")} == {"ema.0.weight", "ema.0.bias", "ema.2.weight", "ema.2.bias"}
+    for rank in (0, 1):
+        small = torch.load(ema_resumed / "ema-2" / f"trainer_rank{rank}.pt", weights_only=True)
+        assert small["ema"] == {"updates": 8, "swapped": False}
+
+
 def test_export_full_gives_a_plain_state_dict(resumed, tmp_path):
     from torchcb import export_full
 

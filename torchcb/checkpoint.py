@@ -271,6 +271,15 @@ class TrainingState:
             average.check_state(self.ema, source)
         steps.module.load_state_dict(self.module)
         steps.optimizer.load_state_dict(self.optimizer)
+        self.restore_after_weights(state, steps)
+
+    def restore_after_weights(self, state: FitState, steps: StepParts) -> None:
+        """What :meth:`restore` puts back once the module and optimizer hold the checkpoint's: the
+        weight average, GradScaler, Keras 2's ``decay`` and the counters of ``state``.
+
+        A sharded checkpoint restores the module and optimizer its own way, then calls this.
+        """
+        average = steps.weight_average
         if average is not None and self.ema is not None:  # after the module: a state saved mid-swap is swapped back
             average.load_state_dict(self.ema)
         elif average is not None:

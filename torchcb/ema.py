@@ -25,8 +25,9 @@ The update is one fused ``torch._foreach_lerp_`` per optimizer step, run by an
 ``optimizer.step()`` updates it too, and a step a GradScaler skips does not): no Python loop
 over the parameters and no read back to the host. Under DistributedDataParallel every rank
 averages the same synchronised weights; the average tensors are made from the parameters
-themselves (``clone``), so sharded parameters give sharded averages. The average is part of
-a full checkpoint and resumes bitwise.
+themselves (``clone``), so sharded parameters (FSDP) give sharded averages, which the fused
+ops update shard by shard and a sharded checkpoint saves sharded. The average is part of a
+full checkpoint and resumes bitwise.
 
 Example:
     >>> import torch
@@ -68,6 +69,18 @@ def check_ema_arguments(use_ema: Any, ema_momentum: Any, ema_overwrite_frequency
         raise ValueError(f"ema_momentum must be a number in [0, 1], got {ema_momentum!r}.")
     if ema_overwrite_frequency is not None and (not is_int(ema_overwrite_frequency) or ema_overwrite_frequency < 1):
         raise ValueError(f"ema_overwrite_frequency must be an integer >= 1 or None, got {ema_overwrite_frequency!r}.")
+
+
+def _shard(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor's (DTensor's) local shard, sharing its storage; any other tensor itself.
+
+    The fused ``torch._foreach_*`` ops have no DTensor rule: they run on the shards.
+    """
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return tensor
+    return tensor.to_local().detach() if isinstance(tensor, DTensor) else tensor
 
 
 class WeightAverage:
@@ -120,6 +133,7 @@ class WeightAverage:
         self._names: list[str] = []
         self._weights: list[torch.Tensor] = []  # the module's tensors, updated in place by training
         self._averages: list[torch.Tensor] = []  # their averages (the raw weights while swapped)
+        self._local: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # both, this rank's shards
         self._first_buffer = 0  # where the buffers start in those lists (the parameters come first)
         self._hook = optimizer.register_step_post_hook(self._after_step)
 
@@ -149,7 +163,13 @@ class WeightAverage:
             with torch.no_grad():
                 self._averages = [w.detach().clone() for w in weights]  # shaped (and sharded) like each weight
             self._names, self._weights = names, weights
+            self._local = ([_shard(w) for w in weights], [_shard(a) for a in self._averages])
         return self._weights, self._averages
+
+    def _local_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`_tensors` as this rank's shards (the tensors themselves when not sharded), for the fused ops."""
+        self._tensors()
+        return self._local
 
     @property
     def names(self) -> list[str]:
@@ -179,7 +199,7 @@ class WeightAverage:
 
     def _share_buffer_averages(self) -> None:
         """Under torchrun: every rank takes rank 0's buffer averages (each rank's statistics follow its own data)."""
-        distributed.broadcast_tensors(self._averages[self._first_buffer :])
+        distributed.broadcast_tensors(self._local[1][self._first_buffer :])
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.update()
@@ -187,7 +207,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """Average the weights of the step just taken in (run after every ``optimizer.step()``)."""
-        weights, averages = self._tensors()
+        weights, averages = self._local_tensors()
         if not weights:
             return
         if self.updates == 0:
@@ -202,7 +222,7 @@ class WeightAverage:
     @torch.no_grad()
     def swap(self) -> None:
         """Exchange the module's weights and the averaging slots in place (bitwise; no allocation kept)."""
-        weights, averages = self._tensors()
+        weights, averages = self._local_tensors()
         if not self.swapped:
             self._share_buffer_averages()
         if weights:
@@ -218,7 +238,7 @@ class WeightAverage:
 
         While swapped the module holds it already: it is copied into the slots.
         """
-        weights, averages = self._tensors()
+        weights, averages = self._local_tensors()
         if weights:
             if self.swapped:
                 torch._foreach_copy_(averages, weights)
@@ -230,7 +250,7 @@ class WeightAverage:
     @torch.no_grad()
     def reset(self) -> None:
         """Start again from the module's weights: the next step's weights become the average."""
-        weights, averages = self._tensors()
+        weights, averages = self._local_tensors()
         if weights:
             torch._foreach_copy_(averages, weights)
         self.updates, self.swapped = 0, False

@@ -17,10 +17,12 @@ Checkpoint directory (``model.save``, ``ModelCheckpoint``, ``BackupAndRestore`` 
 
     ckpt/                     written by every rank with torch.distributed.checkpoint
         .metadata             the shards' index (DCP)
-        __<rank>_0.distcp     each rank's shards of the module ("model.*") and optimizer ("optimizer.*")
+        __<rank>_0.distcp     each rank's shards of the module ("model.*"), optimizer ("optimizer.*")
+                              and, with ``use_ema``, weight average ("ema.*", sharded like the weights)
         trainer_rank<r>.pt    torchcb's own small state, one file a rank: epoch, batch, step,
-                              callbacks, metric states and that rank's random states (a
-                              torchcb checkpoint file with an empty module and optimizer)
+                              Keras 2's decay, callbacks, metric states, the weight average's
+                              counters and that rank's random states (a torchcb checkpoint
+                              file with an empty module and optimizer, and no average tensors)
 
 It is written into ``.ckpt.<token>.tmp`` beside the target, fsynced, and renamed into place
 (the previous directory is moved to ``.ckpt.old`` first and removed last): a kill at any
@@ -40,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -49,7 +50,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchcb import distributed
-from torchcb.files import fsync_directory
+from torchcb.directories import readable as _readable
+from torchcb.directories import write_directory
 
 if TYPE_CHECKING:
     from torchcb.checkpoint import Checkpointer, TrainingState
@@ -253,70 +255,6 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
-def _old(path: str) -> str:
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.old")
-
-
-def _readable(path: str | os.PathLike) -> str | None:
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path):
-        return path
-    if not os.path.exists(path) and os.path.isdir(_old(path)):
-        return _old(path)  # killed between the two renames of a write: the previous checkpoint
-    return None
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-
-
-def write_directory(path: str | os.PathLike, write: Callable[[str], None], keep_previous: str | None = None) -> None:
-    """Every rank calls it: ``write(tmp)`` fills a temporary directory beside ``path``, which then
-    replaces ``path`` (see the module's text); ``keep_previous`` keeps the directory it replaces there."""
-    path = os.path.abspath(os.fspath(path))
-    parent, name = os.path.dirname(path), os.path.basename(path)
-    token = b""
-    if distributed.is_main_process():
-        os.makedirs(parent, exist_ok=True)
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise IsADirectoryError(f"{path!r} is a file; a sharded checkpoint is a directory: pick another path.")
-        with os.scandir(parent) as entries:  # what killed writes left
-            stale = [e.path for e in entries if e.name.startswith(f".{name}.") and e.name.endswith(".tmp")]
-        for leftover in stale:
-            _remove(leftover)
-        token = uuid.uuid4().hex.encode()
-    token = distributed.broadcast_bytes(token if distributed.is_main_process() else None)
-    tmp = os.path.join(parent, f".{name}.{token.decode()}.tmp")
-    if distributed.is_main_process():
-        os.makedirs(tmp)
-    distributed.barrier()
-    write(tmp)
-    distributed.barrier()  # every rank's files are in tmp
-    if distributed.is_main_process():
-        for entry in os.scandir(tmp):
-            fsync_directory(entry.path)
-        fsync_directory(tmp)
-        old = _old(path)
-        if os.path.exists(path):
-            _remove(old)  # path is whole: the old copy is stale
-            os.rename(path, old)
-            fsync_directory(parent)
-        os.rename(tmp, path)
-        fsync_directory(parent)
-        if os.path.exists(old):
-            if keep_previous is not None:
-                _remove(keep_previous)
-                os.rename(old, keep_previous)
-                fsync_directory(parent)
-            else:
-                _remove(old)
-    distributed.barrier()
-
-
 def _small_state(saver: Checkpointer, all_ranks: bool) -> dict[str, Any]:
     """torchcb's own state, as a checkpoint file's dict with an empty module and optimizer."""
     from torchcb.checkpoint import TrainingState
@@ -324,6 +262,8 @@ def _small_state(saver: Checkpointer, all_ranks: bool) -> dict[str, Any]:
 
     state = TrainingState.capture(saver.state, saver.steps, all_ranks).as_dict()
     state["module"], state["optimizer"] = {}, {}
+    if state.get("ema") is not None:  # its tensors are in the shards: "updates" and "swapped" here
+        state["ema"] = {k: v for k, v in state["ema"].items() if k != "average"}
     state.pop("accumulation", None)  # gradients of a group not stepped yet are not kept here
     try:
         from torch.distributed.tensor import DTensor
@@ -355,10 +295,14 @@ def save_checkpoint(
             return
         small = _small_state(saver, all_ranks)
         model, optimizer = get_state_dict(saver.steps.module, saver.steps.optimizer)
+        shards: dict[str, Any] = {"model": model, "optimizer": optimizer}
+        average = saver.steps.weight_average
+        if average is not None:  # the averaging slots, sharded as the weights they are made from
+            shards["ema"] = dict(zip(average.names, average.averages()))
 
         def write(directory: str) -> None:
             with _single_process_quiet():
-                dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=directory, no_dist=_no_dist())
+                dcp.save(shards, checkpoint_id=directory, no_dist=_no_dist())
             atomic_save(small, os.path.join(directory, _RANK_FILE.format(distributed.get_rank())))
 
         write_directory(path, write, keep_previous)
@@ -366,7 +310,7 @@ def save_checkpoint(
     saver.defer(save)
 
 
-def _check_fits(directory: str, module_state: dict[str, Any], source: str) -> None:
+def _check_fits(directory: str, module_state: dict[str, Any], source: str, prefix: str = "model") -> None:
     from torch.distributed.checkpoint import FileSystemReader
 
     from torchcb.checkpoint import CheckpointError
@@ -375,11 +319,10 @@ def _check_fits(directory: str, module_state: dict[str, Any], source: str) -> No
         saved = FileSystemReader(directory).read_metadata().state_dict_metadata
     except Exception as error:
         raise CheckpointError(f"{source!r} is not a sharded torchcb checkpoint ({error}).") from error
-    missing = [k for k in module_state if f"model.{k}" not in saved]
-    unexpected = [
-        k[len("model.") :] for k in saved if k.startswith("model.") and k[len("model.") :] not in module_state
-    ]
-    sizes = {k: getattr(saved.get(f"model.{k}"), "size", None) for k in module_state}  # None: not a tensor
+    start = f"{prefix}."
+    missing = [k for k in module_state if start + k not in saved]
+    unexpected = [k[len(start) :] for k in saved if k.startswith(start) and k[len(start) :] not in module_state]
+    sizes = {k: getattr(saved.get(start + k), "size", None) for k in module_state}  # None: not a tensor
     mismatched = [
         f"{k}: {tuple(size)} in the checkpoint, {tuple(v.shape)} in the module"
         for k, v in module_state.items()
@@ -394,7 +337,8 @@ def _check_fits(directory: str, module_state: dict[str, Any], source: str) -> No
         detail = "; ".join(
             f"{text} {items}" for text, items in zip(problems, (missing, unexpected, mismatched)) if items
         )
-        raise CheckpointError(f"{source!r} does not fit the module ({detail}); nothing was loaded.")
+        what = "module" if prefix == "model" else "weight average"
+        raise CheckpointError(f"{source!r} does not fit the {what} ({detail}); nothing was loaded.")
 
 
 def _read_small(directory: str, source: str) -> TrainingState:
@@ -410,8 +354,9 @@ def _read_small(directory: str, source: str) -> TrainingState:
 
 
 def load_checkpoint(saver: Checkpointer, path: str | os.PathLike) -> TrainingState:
-    """Read a sharded checkpoint into ``saver``'s module and optimizer (at any world size);
-    returns torchcb's own state for the next ``fit``. Every rank calls it."""
+    """Read a sharded checkpoint into ``saver``'s module, optimizer and weight average (at any
+    world size), and put back the rest that a checkpoint file's restore does (GradScaler, Keras
+    2's decay, counters); returns torchcb's own state for the next ``fit``. Every rank calls it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -424,12 +369,17 @@ def load_checkpoint(saver: Checkpointer, path: str | os.PathLike) -> TrainingSta
     model, optimizer = get_state_dict(steps.module, steps.optimizer)
     _check_fits(directory, model, source)
     state = {"model": model, "optimizer": optimizer}
+    average, ema = steps.weight_average, small.ema
+    if average is not None and ema is not None:  # read into new tensors, each shaped (and sharded) as its slot
+        state["ema"] = {name: torch.empty_like(slot) for name, slot in zip(average.names, average.averages())}
+        _check_fits(directory, state["ema"], source, prefix="ema")
     with _single_process_quiet():
         dcp.load(state, checkpoint_id=directory, no_dist=_no_dist())
     set_state_dict(steps.module, steps.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    if steps.scaler is not None and small.scaler is not None:
-        steps.scaler.load_state_dict(small.scaler)
-    saver.state.epoch, saver.state.optimizer_steps = small.epoch, small.step
+    if ema is not None and "ema" in state:
+        small.ema = {**ema, "average": state["ema"]}
+    small.restore_after_weights(saver.state, steps)
+    small.ema = ema  # the averages live in the slots now: the state kept for the next fit holds no copy
     return small
 
 
