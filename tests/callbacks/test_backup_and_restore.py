@@ -1,5 +1,6 @@
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -79,6 +80,19 @@ def test_resume_after_an_exception_is_bitwise_equal_to_an_uninterrupted_fit(tmp_
     assert history.history == reference_history.history
     assert (tmp_path / "resumed.csv").read_text() == (tmp_path / "reference.csv").read_text()
     assert not (tmp_path / "backup").exists()
+
+
+def test_resume_at_an_epoch_end_steps_the_schedule_without_a_pytorch_ordering_warning(tmp_path):
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit(_trainer(), tmp_path, [backup, InterruptAt(6)], "resumed")  # batch 6 ends the first epoch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _trainer()
+        history = _fit(trainer, tmp_path, [backup, InterruptAt(6)], "resumed")
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    assert history.history["lr"] == pytest.approx([0.01 * 0.9**epoch for epoch in history.epoch])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.9 ** len(history.epoch))
 
 
 def test_resume_from_a_model_checkpoint_with_one_call(tmp_path):

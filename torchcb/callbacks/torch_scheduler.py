@@ -54,12 +54,25 @@ class TorchScheduler(Callback):
         self.scheduler = scheduler
         self.interval = interval
         self.monitor = monitor or ("val_loss" if self.plateau else None)
+        self._restored = False
 
     def get_state(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler.state_dict()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
+        self._restored = True
+
+    def _step(self, *args: Any) -> None:
+        if not self._restored:
+            self.scheduler.step(*args)
+            return
+        # A run resumed at the end of an epoch steps the schedule before this process has
+        # stepped the optimizer; the optimizer it restored has stepped, so PyTorch's
+        # "scheduler before optimizer" warning does not apply.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step(*args)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         trainer = getattr(self.model, "trainer", None)
@@ -70,7 +83,7 @@ class TorchScheduler(Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.interval == "batch":
-            self.scheduler.step()
+            self._step()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
@@ -85,6 +98,6 @@ class TorchScheduler(Callback):
                     stacklevel=2,
                 )
                 return
-            self.scheduler.step(value)
+            self._step(value)
         elif self.interval == "epoch":
-            self.scheduler.step()
+            self._step()
