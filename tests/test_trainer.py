@@ -360,6 +360,37 @@ def test_custom_train_step_for_a_two_input_model():
     assert len(history.history["loss"]) == 1
 
 
+def test_a_subclass_compute_loss_and_compute_metrics_drive_the_default_steps():
+    class Penalised(Trainer):
+        def compute_loss(self, y_pred, y_true, sample_weight=None):
+            penalty = sum(p.abs().sum() for p in self.module.parameters())
+            return super().compute_loss(y_pred, y_true, sample_weight) + 0.5 * penalty
+
+        def compute_metrics(self, y_pred, y_true, loss):
+            logs = super().compute_metrics(y_pred, y_true, loss)
+            logs["pred_mean"] = y_pred.detach().mean()
+            return logs
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    net = torch.nn.Linear(3, 1)
+    trainer = Penalised(net, torch.optim.SGD(net.parameters(), lr=0.0), loss="mse", device="cpu")
+    penalty = sum(p.abs().sum() for p in net.parameters()).item()
+    plain = torch.nn.functional.mse_loss(net(x), y).item()
+    history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)  # lr 0: the weights stay
+    assert history.history["loss"] == [pytest.approx(plain + 0.5 * penalty)]
+    assert history.history["pred_mean"] == [pytest.approx(net(x).mean().item())]
+    assert trainer.evaluate(x, y, verbose=0)[0] == pytest.approx(plain + 0.5 * penalty)
+    weighted = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, sample_weight=np.full(8, 2.0, np.float32))
+    assert weighted.history["loss"] == [pytest.approx(2 * plain + 0.5 * penalty)]
+
+    # the penalty reaches the gradients: with a rate, the weights shrink towards zero faster
+    trainer.optimizer.param_groups[0]["lr"] = 0.1
+    before = net.weight.detach().abs().sum().item()
+    trainer.fit(x, torch.zeros(8, 1) + net(x).detach(), batch_size=8, epochs=1, verbose=0)
+    assert net.weight.detach().abs().sum().item() < before
+
+
 def test_optimizer_iterations_counts_steps():
     trainer = make_trainer()
     trainer.fit(*make_data(10), batch_size=4, epochs=2, verbose=0)

@@ -134,6 +134,10 @@ class Steps:
             sharded.shard(module, optimizer, strategy)  # before compile: it compiles the sharded module
         self.loss = resolve_loss(loss)
         self._train_loss = self.loss.fn  # the batch loss of train_step; fit picks the one for its targets
+        # whose compute_loss and compute_metrics the default steps call: a Trainer subclass's own
+        # overrides, as Keras 3's train_step calls a Model subclass's compute_loss
+        self.hooks: Any = self
+        self.custom_loss = False  # whether hooks.compute_loss is the user's
         if isinstance(loss, torch.nn.Module):
             loss.to(device)
         self.metric_objects = resolve_metrics(metrics, self.loss)
@@ -306,11 +310,14 @@ class Steps:
             y_pred = self.forward(x, training=True)
             if self._target_check is not None:  # the first batch of a fit
                 self._check_outputs(y_pred, y)
-            loss = self._train_loss(y_pred, y) if sample_weight is None else self.compute_loss(y_pred, y, sample_weight)
+            if sample_weight is None:
+                loss = self._train_loss(y_pred, y)
+            else:
+                loss = self.hooks.compute_loss(y_pred, y, sample_weight)
         self.apply_gradients(loss)
-        if not self.metric_objects:
+        if not self.metric_objects and self.hooks is self:
             return {"loss": loss.detach()}
-        return self.compute_metrics(y_pred, y, loss)  # metrics run under no_grad
+        return self.hooks.compute_metrics(y_pred, y, loss)  # metrics run under no_grad
 
     def test_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Loss and metrics on ``batch``, without gradients. Override like :meth:`train_step`.
@@ -322,8 +329,8 @@ class Steps:
             if self._test_check is not None:  # the first batch of an evaluate
                 source, self._test_check = self._test_check, None
                 self._check_targets(y_pred, batch.y, source, None, stacklevel=6)  # evaluate's caller
-            loss = self.compute_loss(y_pred, batch.y, batch.sample_weight)
-        return self.compute_metrics(y_pred, batch.y, loss)
+            loss = self.hooks.compute_loss(y_pred, batch.y, batch.sample_weight)
+        return self.hooks.compute_metrics(y_pred, batch.y, loss)
 
     def predict_step(self, batch: Batch) -> Any:
         """The module's outputs for ``batch.x``."""
@@ -365,7 +372,12 @@ class Steps:
                 "The module has no trainable parameter: fit runs its batches, metrics and callbacks and steps nothing.",
                 stacklevel=3,
             )
-        if default_step and self.loss.name in KNOWN_LOSSES:
+        custom_loss = self.custom_loss or "compute_loss" in vars(self)  # a subclass's or one set on the trainer
+        if custom_loss:
+            self._train_loss = self.hooks.compute_loss
+        else:  # the loss for these targets' shapes (Keras' expansion of rank-1 targets)
+            self._train_loss = self.loss.for_targets(train.y) if isinstance(train, ArraySource) else self.loss.fn
+        if default_step and not custom_loss and self.loss.name in KNOWN_LOSSES:
             self._target_check = (train, val)
 
     def begin_test_check(self, source: Source, default_step: bool = True) -> None:
@@ -373,7 +385,8 @@ class Steps:
         and with the default ``test_step`` (``default_step``) have its first batch check the targets
         against the outputs, as ``fit``'s first batch does; :meth:`end_test_check` undoes it."""
         self.check_data(source, None, default_step)
-        self._test_check = source if default_step and self.loss.name in KNOWN_LOSSES else None
+        custom_loss = self.custom_loss or "compute_loss" in vars(self)
+        self._test_check = source if default_step and not custom_loss and self.loss.name in KNOWN_LOSSES else None
 
     def end_test_check(self) -> None:
         """Undo :meth:`begin_test_check` at the end of an ``evaluate``, however it ends."""

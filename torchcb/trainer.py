@@ -95,7 +95,10 @@ class Trainer:
         checkpointer: the :class:`torchcb.checkpoint.Checkpointer` behind the saves and loads.
 
     Override ``train_step``, ``test_step`` or ``predict_step`` on a subclass for a model that
-    is not one input and one target (see ``torchcb.step``); the loops call them.
+    is not one input and one target (see ``torchcb.step``); the loops call them. Override
+    ``compute_loss(y_pred, y_true, sample_weight=None)`` or ``compute_metrics(y_pred, y_true,
+    loss)`` alone to change the loss or the logs of the default steps, as a Keras 3 Model
+    subclass overrides ``compute_loss`` (``super().compute_loss(...)`` is the compiled loss).
 
     Example:
         >>> import torch
@@ -165,6 +168,9 @@ class Trainer:
             strategy=fsdp,
             state=self.state,
         )
+        if self._overrides("compute_loss") or self._overrides("compute_metrics"):
+            self.steps.hooks = self  # the default steps call this subclass's compute_loss / compute_metrics
+            self.steps.custom_loss = self._overrides("compute_loss")
         self.checkpointer = Checkpointer(self.steps, self.state, self.distributed)
         self.stop_check_every = check_int(stop_check_every, "stop_check_every", 1)
         self.history: History | None = None
@@ -283,7 +289,6 @@ class Trainer:
         state.callbacks = state.last_callbacks = callbacks
         state.stop_training = False
         steps.restore_pending_gradients(None)  # no gradient of an interrupted fit leaks into this one
-        steps._train_loss = steps.loss.for_targets(train.y) if isinstance(train, ArraySource) else steps.loss.fn
         # a module left in eval mode trains in training mode, as Keras trains, and goes back after
         modes_before = None if self.module.training else module_modes(self.module)
         default_step = self._default_step()
@@ -355,7 +360,11 @@ class Trainer:
 
     def _default_step(self) -> bool:
         """Whether ``fit`` runs the step of :class:`torchcb.step.Steps`, not one of a subclass or instance."""
-        return type(self).train_step is Trainer.train_step and "train_step" not in self.__dict__
+        return not self._overrides("train_step")
+
+    def _overrides(self, name: str) -> bool:
+        """Whether this Trainer's subclass or instance has its own ``name`` (a step or a loss)."""
+        return getattr(type(self), name) is not getattr(Trainer, name) or name in self.__dict__
 
     def _fit_callbacks(
         self, callbacks: Any, verbose: int, train: Source, totals: EpochTotals
