@@ -397,6 +397,26 @@ def test_optimizer_iterations_counts_steps():
     assert trainer.model.optimizer.iterations == 6
 
 
+def test_a_trainer_built_again_on_the_same_optimizer_leaves_the_old_one_behind():
+    import gc
+    import weakref
+
+    net = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = make_data(8)
+    first = Trainer(net, optimizer, loss="sparse_categorical_crossentropy", device="cpu", use_ema=True)
+    first.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    first_average = weakref.ref(first.weight_average)
+    first = None  # a notebook cell run again: the old Trainer is dropped, the optimizer kept
+    gc.collect()
+    assert first_average() is None  # its step hooks do not keep it (and its average) alive
+
+    second = Trainer(net, optimizer, loss="sparse_categorical_crossentropy", device="cpu", use_ema=True)
+    second.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert second.state.optimizer_steps == second.model.optimizer.iterations == 4
+    assert len(optimizer._optimizer_step_post_hooks) == 2  # the old Trainer's hooks removed themselves
+
+
 def test_optimizer_iterations_counts_the_steps_taken_not_the_batches():
     accumulating = make_trainer(accumulate_steps=4)
     accumulating.fit(*make_data(24), batch_size=4, epochs=2, verbose=0)  # 6 batches: steps after 4, and 2 at the end

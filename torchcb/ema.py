@@ -50,6 +50,7 @@ import torch
 from torchcb import distributed
 from torchcb._checks import is_int
 from torchcb.checkpoint import CheckpointError
+from torchcb.state import follow_steps
 
 __all__ = ["WeightAverage", "check_ema_arguments"]
 
@@ -135,7 +136,7 @@ class WeightAverage:
         self._averages: list[torch.Tensor] = []  # their averages (the raw weights while swapped)
         self._local: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # both, this rank's shards
         self._first_buffer = 0  # where the buffers start in those lists (the parameters come first)
-        self._hook = optimizer.register_step_post_hook(self._after_step)
+        self._hook = follow_steps(optimizer, self._after_step)
 
     # ----------------------------------------------------------------- the tensors
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,10 +69,36 @@ class FitState:
 
     def count_steps(self, optimizer: torch.optim.Optimizer) -> None:
         """Count every step ``optimizer`` takes from now on in :attr:`optimizer_steps`."""
-        optimizer.register_step_post_hook(self._count_step)
+        follow_steps(optimizer, self._count_step)
 
     def _count_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.optimizer_steps += 1
+
+
+_followers: weakref.WeakKeyDictionary[Any, list[tuple[Any, weakref.WeakMethod]]] = weakref.WeakKeyDictionary()
+
+
+def follow_steps(optimizer: torch.optim.Optimizer, method: Callable[..., None]) -> Any:
+    """Call the bound ``method(optimizer, args, kwargs)`` after every step of ``optimizer``.
+
+    The hook holds its object weakly: a Trainer dropped while its optimizer lives on (a
+    notebook cell run again with the same optimizer) stops counting and averaging its steps,
+    and its hooks are removed when the next one is registered. Returns the hook's handle.
+    """
+    followers = _followers.setdefault(optimizer, [])
+    for handle, gone in [f for f in followers if f[1]() is None]:
+        handle.remove()
+        followers.remove((handle, gone))
+    ref = weakref.WeakMethod(method)
+
+    def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(optimizer, args, kwargs)
+
+    handle = optimizer.register_step_post_hook(after_step)
+    followers.append((handle, ref))
+    return handle
 
 
 def rng_state() -> dict[str, Any]:
