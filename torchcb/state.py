@@ -69,13 +69,17 @@ class FitState:
 
     def count_steps(self, optimizer: torch.optim.Optimizer) -> None:
         """Count every step ``optimizer`` takes from now on in :attr:`optimizer_steps`."""
-        follow_steps(optimizer, self._count_step)
+        owner = weakref.ref(self)
 
-    def _count_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.optimizer_steps += 1
+        def count_step(optimizer: Any, args: Any, kwargs: Any) -> None:  # once per step: one call, no more
+            state = owner()
+            if state is not None:
+                state.optimizer_steps += 1
+
+        _register(optimizer, count_step, owner)
 
 
-_followers: weakref.WeakKeyDictionary[Any, list[tuple[Any, weakref.WeakMethod]]] = weakref.WeakKeyDictionary()
+_followers: weakref.WeakKeyDictionary[Any, list[tuple[Any, Any]]] = weakref.WeakKeyDictionary()
 
 
 def follow_steps(optimizer: torch.optim.Optimizer, method: Callable[..., None]) -> Any:
@@ -85,10 +89,6 @@ def follow_steps(optimizer: torch.optim.Optimizer, method: Callable[..., None]) 
     notebook cell run again with the same optimizer) stops counting and averaging its steps,
     and its hooks are removed when the next one is registered. Returns the hook's handle.
     """
-    followers = _followers.setdefault(optimizer, [])
-    for handle, gone in [f for f in followers if f[1]() is None]:
-        handle.remove()
-        followers.remove((handle, gone))
     ref = weakref.WeakMethod(method)
 
     def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -96,8 +96,18 @@ def follow_steps(optimizer: torch.optim.Optimizer, method: Callable[..., None]) 
         if bound is not None:
             bound(optimizer, args, kwargs)
 
-    handle = optimizer.register_step_post_hook(after_step)
-    followers.append((handle, ref))
+    return _register(optimizer, after_step, ref)
+
+
+def _register(optimizer: torch.optim.Optimizer, hook: Callable[..., None], owner: Any) -> Any:
+    """Register ``hook`` after ``optimizer``'s steps, first removing the hooks whose ``owner`` (a weak
+    reference) is gone: not from inside a hook, as the optimizer iterates over them while it calls them."""
+    followers = _followers.setdefault(optimizer, [])
+    for follower in [f for f in followers if f[1]() is None]:
+        follower[0].remove()
+        followers.remove(follower)
+    handle = optimizer.register_step_post_hook(hook)
+    followers.append((handle, owner))
     return handle
 
 

@@ -83,6 +83,8 @@ class RemoteMonitor(Callback):
         super().__init__()
         if timeout <= 0 or flush_timeout < 0 or queue_size <= 0:
             raise ValueError("timeout and queue_size must be positive and flush_timeout >= 0.")
+        import requests  # noqa: F401  (with the callback, not by ``import torchcb`` nor during ``fit``)
+
         self.root = root
         self.path = path
         self.field = field
@@ -108,7 +110,7 @@ class RemoteMonitor(Callback):
 
     def _post(self, payload: dict[str, Any]) -> None:
         """Keras' call, with a timeout: the answer is not checked."""
-        import requests  # imported by the first post, not by ``import torchcb``
+        import requests
 
         if self.send_as_json:
             requests.post(self.url, json=payload, headers=self.headers, timeout=self.timeout)
