@@ -305,8 +305,12 @@ class CallbackList:
         return logs
 
     def train_batch_end(self, step: int, size: int, outputs: dict[str, Any], logs: Logs | None) -> None:
-        """The ``on_train_batch_end`` round, with the step's ``outputs`` (device tensors, unread)."""
-        self._round(self._batch_end_hooks, step, size, outputs, logs)
+        """The ``on_train_batch_end`` round, with the step's ``outputs`` (device tensors, unread).
+
+        With no batch-end or grouped hook there is no round (a failed background write then
+        surfaces at the epoch's end)."""
+        if self._batch_end or self._group_hooks:
+            self._round(self._batch_end_hooks, step, size, outputs, logs)
 
     def _batch_end_hooks(self, step: int, size: int, outputs: dict[str, Any], logs: Logs | None) -> None:
         if self._group_hooks:  # gathered first: a write asked for in this round checks this batch too
