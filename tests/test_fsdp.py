@@ -29,14 +29,18 @@ def trained(tmp_path_factory):
     return out, [json.loads((out / f"train{r}.json").read_text()) for r in (0, 1)]
 
 
+def _save_then_resume(out, save, resume):
+    """``save`` on 2 ranks, then ``resume`` on 1 process and on 2 ranks, all writing to ``out``."""
+    _torchrun(WORKER, out, args=(save,))
+    _torchrun(WORKER, out, processes=0, args=(resume,))
+    _torchrun(WORKER, out, args=(resume,))
+    return out
+
+
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """Saved after 2 epochs of 4 on 2 ranks; resumed on 1 process and on 2 ranks."""
-    out = tmp_path_factory.mktemp("resume")
-    _torchrun(WORKER, out, args=("save",))
-    _torchrun(WORKER, out, processes=0, args=("resume",))
-    _torchrun(WORKER, out, args=("resume",))
-    return out
+    return _save_then_resume(tmp_path_factory.mktemp("resume"), "save", "resume")
 
 
 def test_fsdp_trains_to_the_same_losses_and_weights_as_ddp(trained):
@@ -129,11 +133,7 @@ def test_resume_at_another_world_size_equals_the_uninterrupted_run(resumed, worl
 @pytest.fixture(scope="module")
 def ema_resumed(tmp_path_factory):
     """use_ema and decay, saved after epoch 2 of 4 on 2 ranks; resumed on 1 process and on 2 ranks."""
-    out = tmp_path_factory.mktemp("ema")
-    _torchrun(WORKER, out, args=("ema_save",))
-    _torchrun(WORKER, out, processes=0, args=("ema_resume",))
-    _torchrun(WORKER, out, args=("ema_resume",))
-    return out
+    return _save_then_resume(tmp_path_factory.mktemp("ema"), "ema_save", "ema_resume")
 
 
 @pytest.mark.parametrize("world", [1, 2])
