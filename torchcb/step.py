@@ -192,8 +192,6 @@ class Steps:
         """
         if module is None:
             module = self._train_call if training else self._module_call
-        if x.__class__ is torch.Tensor:  # the common case first: one input
-            return module(x)
         if isinstance(x, dict):
             return module(**x)
         if isinstance(x, (list, tuple)):
