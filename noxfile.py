@@ -19,8 +19,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py", "conftest.py")
+    session.run("ruff", "format", "--check", "torchcb", "tests", "examples", "benchmarks", "noxfile.py", "conftest.py")
     # types: pyright in basic mode, configured under [tool.pyright] in pyproject.toml
     session.install(TORCH)
     session.install("-e", ".[dev,keras]")  # keras: keras_interop imports it (lazily)

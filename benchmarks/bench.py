@@ -36,7 +36,7 @@ Hand loops (in-memory tensors, Adam, the loss read once per epoch):
 torchcb variants (the hand loop each is compared with):
     bare            Trainer.fit, verbose=0                                        (hand)
     verbose1        Trainer.fit, verbose=1, stdout a pipe (the default callbacks)  (hand)
-    all             verbose=0 with every seed callback: EarlyStopping, ModelCheckpoint (each
+    all             verbose=0 with nine callbacks: EarlyStopping, ModelCheckpoint (each
                     epoch, full), CSVLogger, ReduceLROnPlateau, LearningRateScheduler,
                     TensorBoard (per epoch, no graph), TerminateOnNaN, a JSON-lines
                     LambdaCallback, RemoteMonitor to a local server     (hand; hand_writes on W2, W3)
@@ -193,7 +193,7 @@ def _hand_loop(net, optimizer, x, y, batch, epochs, shuffle=True, writes=None):
     return epoch_loss
 
 
-def _seed_callbacks(directory, server_root):
+def _nine_callbacks(directory, server_root):
     import json as json_module
 
     from torchcb.callbacks import (
@@ -250,7 +250,7 @@ def run_one(workload: str, variant: str, device: str, server_root: str) -> dict:
         )
         callbacks = []
         if variant.startswith("all"):
-            callbacks = _seed_callbacks(directory, server_root)
+            callbacks = _nine_callbacks(directory, server_root)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

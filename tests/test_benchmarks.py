@@ -2,7 +2,7 @@
 
 Speed is not asserted here (one repeat on a shared machine says nothing); the benchmark's
 own table does that. What is asserted is what must hold in every run: every variant,
-every seed callback included, trains to the final loss of the hand loop it is compared
+the nine callbacks included, trains to the final loss of the hand loop it is compared
 with (same seed, same batch order), and the output says so in named fields.
 """
 

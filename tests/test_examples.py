@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from torchcb import sharded
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -51,6 +53,7 @@ def test_ddp_example_runs_as_a_plain_script_too(tmp_path, capsys):
     assert "1 process(es)" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(sharded._fsdp_module_class() is None, reason="strategy='fsdp' needs torch 2.6 or later")
 def test_fsdp_example_runs_as_a_plain_script_and_exports_a_plain_state_dict(tmp_path, capsys):
     pytest.importorskip("sklearn")
     history = _load("fsdp").main(str(tmp_path / "fsdp"))

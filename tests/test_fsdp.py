@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from tests.test_distributed import _torchrun
+from torchcb import sharded
 
 WORKER = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or sharded._fsdp_module_class() is None,
+    reason="FSDP2 (torch.distributed.fsdp.fully_shard) needs torch.distributed and torch 2.6 or later",
+)
 
 
 def _flat(weights):

@@ -113,3 +113,25 @@ def test_compile_trains_like_the_eager_module():
     for a, b in zip(_weights(eager), _weights(compiled)):
         assert torch.allclose(a, b, atol=1e-5)
     assert list(compiled.module.state_dict()) == ["weight", "bias"]  # checkpoints keep the module's own names
+
+
+def test_strategy_is_checked_before_anything_runs():
+    with pytest.raises(ValueError, match="strategy must be 'ddp', 'fsdp' or a torchcb.sharded.FSDP, got 'zero3'"):
+        _linear_trainer(strategy="zero3")
+
+
+def test_fsdp_in_one_process_trains_unsharded_with_directory_checkpoints(tmp_path):
+    from torchcb import sharded
+
+    if sharded._fsdp_module_class() is None:  # torch before 2.6: refused when the Trainer is built
+        with pytest.raises(ValueError, match=r"strategy='fsdp' needs torch.distributed.fsdp.fully_shard \(torch 2.6"):
+            _linear_trainer(strategy="fsdp")
+        return
+    trainer = _linear_trainer(strategy="fsdp")
+    history = trainer.fit(*_big_gradient_data(), batch_size=4, epochs=1, verbose=0)
+    assert not sharded.is_sharded(trainer.module) and len(history.history["loss"]) == 1
+    trainer.model.save(tmp_path / "ckpt")
+    assert sharded.is_checkpoint_dir(tmp_path / "ckpt")
+    other = _linear_trainer(strategy="fsdp")
+    other.model.load_weights(tmp_path / "ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(_weights(trainer), _weights(other)))

@@ -1,5 +1,7 @@
 """Resuming from a full checkpoint trains on exactly as a run never interrupted: every weight bit for bit."""
 
+import math
+
 import pytest
 import torch
 
@@ -141,6 +143,14 @@ def test_adam_with_its_keras_2_arguments_resumes_bit_for_bit(route, tmp_path):
     )
 
 
+class _ShapedCosine(torch.optim.lr_scheduler.CosineAnnealingLR):
+    """Holds a function in its state_dict, as OneCycleLR's ``anneal_func`` before torch 2.4."""
+
+    def __init__(self, optimizer, T_max):
+        self.shape = math.cos
+        super().__init__(optimizer, T_max=T_max)
+
+
 @pytest.mark.parametrize(
     "scheduler",
     [
@@ -149,8 +159,9 @@ def test_adam_with_its_keras_2_arguments_resumes_bit_for_bit(route, tmp_path):
             torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.3, total_steps=EPOCHS * 8), interval="batch"
         ),
         lambda optimizer: ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0),
+        lambda optimizer: TorchScheduler(_ShapedCosine(optimizer, T_max=EPOCHS)),
     ],
-    ids=["CosineAnnealingLR", "OneCycleLR per batch", "ReduceLROnPlateau"],
+    ids=["CosineAnnealingLR", "OneCycleLR per batch", "ReduceLROnPlateau", "a function in the scheduler's state"],
 )
 def test_a_learning_rate_schedule_saved_after_fit_resumes_bit_for_bit(scheduler, tmp_path):
     # fit(epochs=2); model.save(path) -- then, in a new trainer, load_checkpoint(path); fit(epochs=4):

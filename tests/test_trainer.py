@@ -876,7 +876,16 @@ class _Doubler(torch.nn.Module):
         return x[:, :2] * 2
 
 
-@pytest.mark.parametrize("options", [{}, {"clipnorm": 1.0}, {"accumulate_steps": 2}])
+_CLIPPING = [
+    {},
+    {"clipnorm": 1.0},
+    {"clipvalue": 0.5},
+    {"global_clipnorm": 1.0},
+    {"accumulate_steps": 2, "clipvalue": 0.5},
+]
+
+
+@pytest.mark.parametrize("options", _CLIPPING)
 @pytest.mark.parametrize("frozen", ["parameters frozen", "no parameter"])
 def test_a_module_with_nothing_to_train_fits_runs_its_hooks_and_steps_nothing(frozen, options):
     if frozen == "no parameter":
@@ -899,6 +908,20 @@ def test_a_module_with_nothing_to_train_fits_runs_its_hooks_and_steps_nothing(fr
     assert len(history.history["loss"]) == 2 and all(np.isfinite(history.history["loss"]))
     assert rec.count("on_train_batch_end") == 6 and rec.count("on_epoch_end") == 2
     assert all(torch.equal(a, b) for a, b in zip(before, weights))
+
+
+@pytest.mark.parametrize("options", _CLIPPING)
+def test_an_optimizer_over_frozen_parameters_only_steps_nothing_with_any_clipping(options):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    net[0].requires_grad_(False)  # the module trains net[1], but the optimizer holds net[0] only
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer = Trainer(net, torch.optim.SGD(net[0].parameters(), lr=0.1, momentum=0.9), loss="mse", **options)
+    history = trainer.fit(
+        np.random.rand(8, 4).astype(np.float32), np.zeros((8, 2), np.float32), batch_size=4, epochs=2, verbose=0
+    )
+    assert len(history.history["loss"]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
 def test_a_callback_keeps_its_own_validation_data_when_fit_has_none():

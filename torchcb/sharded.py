@@ -32,9 +32,9 @@ directory into one plain ``torch.save`` state_dict.
 
 Example:
     >>> import torch
-    >>> from torchcb.sharded import FSDP, check_strategy
-    >>> check_strategy("ddp") is None, isinstance(check_strategy("fsdp"), FSDP)
-    (True, True)
+    >>> from torchcb.sharded import check_strategy, is_sharded
+    >>> check_strategy("ddp") is None, is_sharded(torch.nn.Linear(2, 2))
+    (True, False)
 """
 
 from __future__ import annotations
@@ -131,21 +131,36 @@ class FSDP:
 
 
 def check_strategy(strategy: Any) -> FSDP | None:
-    """``None`` for ``"ddp"``, an :class:`FSDP` for ``"fsdp"`` or an FSDP object; ``ValueError`` otherwise."""
-    if isinstance(strategy, FSDP):
-        return strategy
+    """``None`` for ``"ddp"``, an :class:`FSDP` for ``"fsdp"`` or an FSDP object; ``ValueError`` otherwise.
+
+    ``"fsdp"`` needs FSDP2's public API (``torch.distributed.fsdp.fully_shard``, torch 2.6 or
+    later); with an older torch it is refused here, when the Trainer is built.
+    """
     if strategy == "ddp":
         return None
-    if strategy == "fsdp":
-        return FSDP()
-    raise ValueError(f"strategy must be 'ddp', 'fsdp' or a torchcb.sharded.FSDP, got {strategy!r}.")
+    if not isinstance(strategy, FSDP) and strategy != "fsdp":
+        raise ValueError(f"strategy must be 'ddp', 'fsdp' or a torchcb.sharded.FSDP, got {strategy!r}.")
+    if _fsdp_module_class() is None:
+        raise ValueError(
+            "strategy='fsdp' needs torch.distributed.fsdp.fully_shard (torch 2.6 or later); this is "
+            f"torch {torch.__version__}. Use strategy='ddp' or upgrade torch."
+        )
+    return strategy if isinstance(strategy, FSDP) else FSDP()
+
+
+def _fsdp_module_class() -> type | None:
+    """``torch.distributed.fsdp.FSDPModule``, or ``None`` on a torch without FSDP2's public API (before 2.6)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return None
+    return FSDPModule
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
-    """Whether ``module`` or one of its submodules went through ``fully_shard``."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in module.modules())
+    """Whether ``module`` or one of its submodules went through ``fully_shard`` (never, before torch 2.6)."""
+    fsdp_module = _fsdp_module_class()
+    return fsdp_module is not None and any(isinstance(m, fsdp_module) for m in module.modules())
 
 
 def shard(module: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy: FSDP) -> None:

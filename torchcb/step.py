@@ -253,14 +253,16 @@ class Steps:
     def _clip(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
+        if not grads:  # every optimized parameter frozen: nothing to clip, nothing to step
+            return
         if self.clipvalue is not None:
             torch._foreach_clamp_min_(grads, -self.clipvalue)
             torch._foreach_clamp_max_(grads, self.clipvalue)
-        if self.clipnorm is not None and grads:  # each gradient tensor on its own, as Keras does
+        if self.clipnorm is not None:  # each gradient tensor on its own, as Keras does
             norms = torch._foreach_norm(grads)
             scales = [torch.clamp(self.clipnorm / (norm + 1e-6), max=1.0) for norm in norms]
             torch._foreach_mul_(grads, scales)
-        if self.global_clipnorm is not None and grads:
+        if self.global_clipnorm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.global_clipnorm)
 
     def pending_gradients(self) -> dict[str, Any] | None:

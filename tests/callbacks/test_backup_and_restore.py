@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import KerasStub
-from torchcb import Trainer
+from torchcb import Trainer, sharded
 from torchcb.callbacks import (
     BackupAndRestore,
     Callback,
@@ -493,6 +493,33 @@ def test_a_truncated_latest_backup_falls_back_to_the_previous_one_and_none_reada
         path.write_bytes(kept[:100])
     with pytest.raises(CheckpointError, match=f"no readable backup in .*backup: {latest} .*; {previous} "):
         _trainer().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[backup])
+
+
+@pytest.mark.skipif(sharded._fsdp_module_class() is None, reason="strategy='fsdp' needs torch 2.6 or later")
+def test_a_damaged_sharded_backup_falls_back_to_the_previous_directory_without_double_checkpoint(tmp_path):
+    from torchcb.checkpoint import CheckpointError
+
+    backup = BackupAndRestore(tmp_path / "backup", delete_checkpoint=False)  # double_checkpoint unset
+    x, y = _data()
+    _trainer(strategy="fsdp").fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[backup])
+    latest, previous = tmp_path / "backup" / "latest.pt", tmp_path / "backup" / "latest.pt.bkp"
+    assert sharded.is_checkpoint_dir(latest) and sharded.is_checkpoint_dir(previous)
+    for file in latest.iterdir():
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # truncated
+    began = Began()
+    with pytest.warns(RuntimeWarning, match=f"could not read the latest backup {latest} .*previous one, {previous}"):
+        _trainer(strategy="fsdp").fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[backup, began])
+    assert began.epochs == [1, 2]  # the previous backup was written after epoch 0
+    assert (backup._current_epoch, backup._last_batch_seen) == (3, 0)
+
+    for folder in (latest, previous):
+        for file in folder.iterdir():
+            file.write_bytes(b"torn")
+    with (
+        pytest.raises(CheckpointError, match=f"no readable backup in .*backup: {previous} "),
+        pytest.warns(RuntimeWarning),
+    ):
+        _trainer(strategy="fsdp").fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[backup])
 
 
 @pytest.mark.parametrize("save_freq", ["epoch", 1])

@@ -57,7 +57,8 @@ class BackupAndRestore(Callback):
     Args:
         backup_dir: the directory for the backup files.
         save_freq: ``"epoch"`` to back up after every epoch, or a number of batches.
-        double_checkpoint: accepted for Keras 3 code; the previous backup is always kept.
+        double_checkpoint: accepted for Keras 3 code; the previous backup is always kept (a
+            file, or a directory under ``strategy="fsdp"``) and read when the latest cannot be.
         delete_checkpoint: delete the backup files when training ends normally.
 
     Example:
@@ -135,21 +136,29 @@ class BackupAndRestore(Callback):
             self._current_epoch, self._last_batch_seen = state.epoch, max(state.batch - 1, 0)
 
     def _restore_sharded(self, trainer: Any) -> None:
-        """Under FSDP the backup is a sharded directory every rank reads (``backup_dir`` on storage they share)."""
-        paths = [self.path, self.backup_path] if self.double_checkpoint else [self.path]
-        found = [p for p in paths if is_checkpoint_dir(p)]
+        """Under FSDP the backup is a sharded directory every rank reads (``backup_dir`` on storage they
+        share); the previous one, kept at ``latest.pt.bkp``, is the fallback as for a single file."""
+        self._current_epoch, self._last_batch_seen = 0, 0
+        found = [p for p in (self.path, self.backup_path) if is_checkpoint_dir(p)]
         for index, path in enumerate(found):
             try:
                 trainer.load_checkpoint(path)
-                return
             except Exception as error:
                 if index + 1 == len(found):
-                    raise
+                    raise CheckpointError(
+                        f"BackupAndRestore found no readable backup in {self.backup_dir}: {path} ({error}). "
+                        "Remove the directory to start training afresh."
+                    ) from error
                 warnings.warn(
-                    f"BackupAndRestore could not read {path} ({error}); resuming from {found[index + 1]}.",
+                    f"BackupAndRestore could not read the latest backup {path} ({error}); resuming from the "
+                    f"previous one, {found[index + 1]}.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
+                continue
+            resumed = trainer.state.pending_resume
+            self._current_epoch, self._last_batch_seen = resumed.epoch, max(resumed.batch - 1, 0)
+            return
 
     def _read_backup(self) -> tuple[TrainingState, str] | None:
         """The latest backup in ``backup_dir``, or the previous one if the latest cannot be read; None if none."""

@@ -57,7 +57,10 @@ class TorchScheduler(Callback):
         self._restored = False
 
     def get_state(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler.state_dict()}
+        # A function in a scheduler's state (OneCycleLR's ``anneal_func`` before torch 2.4) is set by
+        # its constructor and cannot be loaded without running code: it stays out, as LambdaLR's lambdas do.
+        state = self.scheduler.state_dict()
+        return {"scheduler": {key: value for key, value in state.items() if not callable(value)}}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
