@@ -1,10 +1,15 @@
 """The examples are stories a user tells: they must keep running and keep their promises."""
 
 import importlib.util
+import os
 import pathlib
+import re
+import subprocess
+import sys
 import time
 
 import pytest
+import torch
 
 from torchcb import sharded
 
@@ -60,3 +65,24 @@ def test_fsdp_example_runs_as_a_plain_script_and_exports_a_plain_state_dict(tmp_
     assert max(history["val_accuracy"]) >= 0.93
     assert "1 process(es)" in capsys.readouterr().out
     assert (tmp_path / "fsdp" / "best" / ".metadata").exists() and (tmp_path / "fsdp" / "best_full.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_the_distributed_examples_run_under_torchrun_on_two_ranks(name, tmp_path):
+    pytest.importorskip("sklearn")
+    if not torch.distributed.is_available() or (name == "fsdp" and sharded._fsdp_module_class() is None):
+        pytest.skip("needs torch.distributed (and torch 2.6 or later for strategy='fsdp')")
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = subprocess.run(
+        [*command, str(EXAMPLES / f"{name}.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = re.search(r"2 process\(es\), best validation accuracy ([0-9.]+)", run.stdout)
+    assert found is not None and float(found.group(1)) >= 0.93, run.stdout[-2000:]
+    if name == "fsdp":  # the sharded best checkpoint, exported to one plain state_dict
+        plain = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+        plain.load_state_dict(torch.load(tmp_path / "runs" / "fsdp" / "best_full.pt", weights_only=True))
+        assert (tmp_path / "runs" / "fsdp" / "best" / ".metadata").exists()
