@@ -6,7 +6,7 @@ import pytest
 def pytest_collection_modifyitems(items):
     from torchcb import sharded
 
-    if sharded._fsdp_module_class() is not None:
+    if sharded.fsdp_available():
         return
     skip = pytest.mark.skip(reason="strategy='fsdp' needs torch 2.6 or later")
     for item in items:

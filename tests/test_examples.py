@@ -58,7 +58,7 @@ def test_ddp_example_runs_as_a_plain_script_too(tmp_path, capsys):
     assert "1 process(es)" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(sharded._fsdp_module_class() is None, reason="strategy='fsdp' needs torch 2.6 or later")
+@pytest.mark.skipif(not sharded.fsdp_available(), reason="strategy='fsdp' needs torch 2.6 or later")
 def test_fsdp_example_runs_as_a_plain_script_and_exports_a_plain_state_dict(tmp_path, capsys):
     pytest.importorskip("sklearn")
     history = _load("fsdp").main(str(tmp_path / "fsdp"))
@@ -70,7 +70,7 @@ def test_fsdp_example_runs_as_a_plain_script_and_exports_a_plain_state_dict(tmp_
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])
 def test_the_distributed_examples_run_under_torchrun_on_two_ranks(name, tmp_path):
     pytest.importorskip("sklearn")
-    if not torch.distributed.is_available() or (name == "fsdp" and sharded._fsdp_module_class() is None):
+    if not torch.distributed.is_available() or (name == "fsdp" and not sharded.fsdp_available()):
         pytest.skip("needs torch.distributed (and torch 2.6 or later for strategy='fsdp')")
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -13,7 +13,7 @@ from torchcb import sharded
 WORKER = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
 
 pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or sharded._fsdp_module_class() is None,
+    not torch.distributed.is_available() or not sharded.fsdp_available(),
     reason="FSDP2 (torch.distributed.fsdp.fully_shard) needs torch.distributed and torch 2.6 or later",
 )
 

@@ -123,7 +123,7 @@ def test_strategy_is_checked_before_anything_runs():
 def test_fsdp_in_one_process_trains_unsharded_with_directory_checkpoints(tmp_path):
     from torchcb import sharded
 
-    if sharded._fsdp_module_class() is None:  # torch before 2.6: refused when the Trainer is built
+    if not sharded.fsdp_available():  # torch before 2.6: refused when the Trainer is built
         with pytest.raises(ValueError, match=r"strategy='fsdp' needs torch.distributed.fsdp.fully_shard \(torch 2.6"):
             _linear_trainer(strategy="fsdp")
         return

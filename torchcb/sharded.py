@@ -63,6 +63,7 @@ __all__ = [
     "FSDP",
     "check_strategy",
     "export_full",
+    "fsdp_available",
     "full_state_dict",
     "is_checkpoint_dir",
     "is_sharded",
@@ -140,7 +141,7 @@ def check_strategy(strategy: Any) -> FSDP | None:
         return None
     if not isinstance(strategy, FSDP) and strategy != "fsdp":
         raise ValueError(f"strategy must be 'ddp', 'fsdp' or a torchcb.sharded.FSDP, got {strategy!r}.")
-    if _fsdp_module_class() is None:
+    if not fsdp_available():
         raise ValueError(
             "strategy='fsdp' needs torch.distributed.fsdp.fully_shard (torch 2.6 or later); this is "
             f"torch {torch.__version__}. Use strategy='ddp' or upgrade torch."
@@ -155,6 +156,11 @@ def _fsdp_module_class() -> type | None:
     except ImportError:
         return None
     return FSDPModule
+
+
+def fsdp_available() -> bool:
+    """Whether this torch has FSDP2's public API (``torch.distributed.fsdp.fully_shard``, torch 2.6 or later)."""
+    return _fsdp_module_class() is not None
 
 
 def is_sharded(module: torch.nn.Module) -> bool:

@@ -495,7 +495,7 @@ def test_a_truncated_latest_backup_falls_back_to_the_previous_one_and_none_reada
         _trainer().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[backup])
 
 
-@pytest.mark.skipif(sharded._fsdp_module_class() is None, reason="strategy='fsdp' needs torch 2.6 or later")
+@pytest.mark.skipif(not sharded.fsdp_available(), reason="strategy='fsdp' needs torch 2.6 or later")
 def test_a_damaged_sharded_backup_falls_back_to_the_previous_directory_without_double_checkpoint(tmp_path):
     from torchcb.checkpoint import CheckpointError
 
